@@ -1,0 +1,38 @@
+# Pico monorepo tasks. `make test` works on a fresh machine: it creates the virtual environment,
+# installs the pinned CPU torch first (so no dependency pulls a CUDA build), then the three
+# packages in editable mode, then runs every test suite.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+TORCH_VERSION ?= 2.13.0
+STAMP   = $(VENV)/.installed
+# One torch thread per process: the CPU is shared and OpenMP oversubscription is slow.
+export OMP_NUM_THREADS ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install test test-fast demo lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): shared/pyproject.toml pico-train/pyproject.toml pico-analyze/pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==$(TORCH_VERSION)
+	$(BIN)/pip install -q -e shared -e pico-train -e pico-analyze pytest pytest-xdist ruff tensorboard
+	touch $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -q shared/tests pico-train/tests pico-analyze/tests
+
+demo: install
+	$(BIN)/python examples/demo.py
+
+lint: install
+	$(BIN)/ruff check shared pico-train pico-analyze examples benchmarks
+	$(BIN)/ruff format --check shared pico-train pico-analyze examples benchmarks
+
+bench: install
+	$(BIN)/python benchmarks/bench_demo.py
+
+clean:
+	rm -rf $(VENV) runs

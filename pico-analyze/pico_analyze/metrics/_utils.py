@@ -1,0 +1,86 @@
+"""Input checking and dtype handling shared by the metric modules (private)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .registry import MetricError
+
+
+def as_tensor(x: Any, name: str) -> torch.Tensor:
+    """``x`` as a real, non-empty, finite tensor (array-likes are converted)."""
+    if not isinstance(x, torch.Tensor):
+        try:
+            x = torch.as_tensor(x)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise MetricError(f"{name} must be a torch.Tensor, got {type(x).__name__}") from err
+    if x.is_complex():
+        raise MetricError(f"{name} is complex ({x.dtype}); metrics take real tensors")
+    if x.numel() == 0:
+        raise MetricError(
+            f"{name} is empty (shape {tuple(x.shape)}); pass a tensor with at least one element"
+        )
+    if x.is_floating_point():
+        bad = ~torch.isfinite(x)
+        if bool(bad.any()):
+            n_nan = int(torch.isnan(x).sum())
+            n_inf = int(bad.sum()) - n_nan
+            raise MetricError(
+                f"{name} contains non-finite values ({n_nan} NaN, {n_inf} Inf out of "
+                f"{x.numel()}); remove or replace them (e.g. torch.nan_to_num) before measuring"
+            )
+    return x
+
+
+def as_matrix(x: Any, name: str) -> torch.Tensor:
+    """``x`` checked by :func:`as_tensor` and required to be 2-D."""
+    x = as_tensor(x, name)
+    if x.ndim != 2:
+        hint = (
+            f"; flatten leading dimensions first, e.g. {name}.reshape(-1, {name}.shape[-1])"
+            if x.ndim > 2
+            else "; pass a 2-D matrix (activations: (n_samples, n_features), weights: (out, in))"
+        )
+        raise MetricError(f"{name} must be 2-D, got shape {tuple(x.shape)}{hint}")
+    return x
+
+
+def on_same_device(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``y`` moved to ``x``'s device if needed."""
+    return y if y.device == x.device else y.to(x.device)
+
+
+def float64(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float64 on its device (on CPU for devices without float64, such as MPS)."""
+    if x.device.type == "mps":
+        x = x.cpu()
+    return x.to(torch.float64)
+
+
+def working_eps(dtype: torch.dtype) -> float:
+    """Machine epsilon used for rank tolerances of an input stored in ``dtype``.
+
+    float32/float64 use their own epsilon; half types (bf16, fp16) use float32's, as numpy
+    does for float16 (its SVD runs in float32); integer and bool inputs are exact, so float64's.
+    """
+    if dtype in (torch.float32, torch.float64):
+        return torch.finfo(dtype).eps
+    if dtype.is_floating_point:
+        return torch.finfo(torch.float32).eps
+    return torch.finfo(torch.float64).eps
+
+
+def default_rtol(shape: tuple[int, ...], dtype: torch.dtype) -> float:
+    """Relative rank tolerance like ``numpy.linalg.matrix_rank``: ``max(shape) * eps``."""
+    return max(shape) * working_eps(dtype)
+
+
+def check_rtol(rtol: float | None, shape: tuple[int, ...], dtype: torch.dtype) -> float:
+    if rtol is None:
+        return default_rtol(shape, dtype)
+    rtol = float(rtol)
+    if not 0.0 <= rtol < 1.0:
+        raise MetricError(f"rtol must be in [0, 1), got {rtol}")
+    return rtol

@@ -1,0 +1,396 @@
+"""Typed configuration: nested dataclasses holding every default once.
+
+Reads a YAML file plus dot-path overrides (``--set training.max_steps=200``) and a model preset;
+writes a validated :class:`RunConfig`. Unknown keys and impossible values fail here, before any
+work, with a message naming the key and what would fix it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run: names the key and the fix."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Sections
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelConfig:
+    """Shape of the pico-decoder (LLaMA-style; see model.py)."""
+
+    d_model: int = 96
+    n_layers: int = 12
+    n_heads: int = 12
+    n_kv_heads: int = 4
+    mlp_hidden: int = 384  # SwiGLU hidden width
+    vocab_size: int = 50304
+    max_seq_len: int = 2048
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-6
+    # Initialisation (see model.init_weights): "scaled_normal" or "pytorch_default".
+    init: str = "scaled_normal"
+    init_std: float = 0.02
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+
+def _suite(d: int) -> ModelConfig:
+    return ModelConfig(d_model=d, mlp_hidden=4 * d)
+
+
+# The pico-decoder suite (12 layers, 12 heads, 4 KV heads, MLP 4d, vocab 50304, context 2048),
+# a 1B-class preset (LLaMA-style 8/3*d SwiGLU rounded to 128, Qwen2 vocabulary, untied head:
+# 1,457,596,416 parameters), and a CPU-sized demo shape.
+PRESETS: dict[str, ModelConfig] = {
+    "demo": ModelConfig(
+        d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, mlp_hidden=512, vocab_size=4096,
+        max_seq_len=256,
+    ),
+    "tiny": _suite(96),
+    "small": _suite(384),
+    "medium": _suite(768),
+    "large": _suite(1536),
+    "1b": ModelConfig(
+        d_model=2048, n_layers=18, n_heads=16, n_kv_heads=8, mlp_hidden=5504, vocab_size=151936,
+        max_seq_len=2048, rope_theta=1_000_000.0,
+    ),
+}
+
+
+@dataclass
+class DataConfig:
+    """Where tokens come from and in which order (see data.py)."""
+
+    # None: the embedded Shakespeare corpus. Otherwise a Hugging Face dataset name (streamed from
+    # the Hub) or local parquet/json/jsonl/arrow files or a folder of them.
+    dataset: str | None = None
+    dataset_config: str | None = None  # the Hub dataset's configuration name, if it has several
+    split: str = "train"
+    text_column: str = "text"  # raw-text datasets; pre-tokenized ones have `input_ids`
+    # None: train a byte-level BPE on the corpus (cached, saved with the run). Otherwise a Hub
+    # tokenizer name or a local tokenizer.json / tokenizer directory.
+    tokenizer: str | None = None
+    tokenizer_vocab_size: int = 4096  # only for the trained BPE
+    seq_len: int | None = None  # None: the model's max_seq_len
+    seed: int = 0  # fixes the global order and the held-out set
+    eval_sequences: int = 64  # held-out sequences, never trained on
+    streaming: bool | None = None  # None: stream Hub datasets, load local files
+
+
+@dataclass
+class TrainingConfig:
+    """Optimisation: AdamW, warmup + decay, accumulation to a global batch, clipping."""
+
+    max_steps: int = 1000
+    global_batch_size: int = 32  # sequences per optimizer step, independent of device count
+    micro_batch_size: int = 8  # sequences per forward/backward on one process
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1  # final lr = lr * min_lr_ratio
+    warmup_steps: int = 100
+    schedule: str = "cosine"  # cosine | linear | constant
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    weight_decay: float = 0.1  # never on norms and embeddings
+    grad_clip: float = 1.0  # 0 disables clipping
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    compile: bool = False
+    seed: int = 42  # model initialisation and any sampling
+    max_bad_steps: int = 5  # non-finite losses in a row before the run stops
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 100  # 0: only explicit steps and the final step
+    steps: list[int] = field(default_factory=list)  # e.g. Pythia's 0, 1, 2, 4, ..., 512
+    keep_states: int = 2  # training states kept; model files of every checkpoint are kept
+
+
+@dataclass
+class EvalConfig:
+    enabled: bool = True
+    batch_size: int = 16
+
+
+@dataclass
+class CaptureConfig:
+    """Learning-dynamics capture at every checkpoint (see capture.py)."""
+
+    enabled: bool = True
+    splits: list[str] = field(default_factory=lambda: ["train", "eval"])
+    # fnmatch patterns over module names; default: value, output and MLP down projections.
+    modules: list[str] = field(
+        default_factory=lambda: [
+            "model.layers.*.self_attn.v_proj",
+            "model.layers.*.self_attn.o_proj",
+            "model.layers.*.mlp.down_proj",
+        ]
+    )
+    residual: bool = False  # also the residual stream after each block
+    positions: str = "last"  # last | all | sample | mean
+    n_positions: int = 8  # for positions=sample
+    batch_size: int = 128  # sequences captured per split
+    micro_batch_size: int = 16
+    activation_dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+
+
+@dataclass
+class LoggingConfig:
+    progress: bool = True
+    log_every: int = 1
+    tensorboard: bool = False
+    wandb: bool = False
+    wandb_project: str = "pico"
+
+
+@dataclass
+class RunConfig:
+    run_dir: str = "runs/demo"
+    preset: str | None = None  # a key of PRESETS: the base shape that `model` overrides
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    checkpointing: CheckpointConfig = field(default_factory=CheckpointConfig)
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
+    capture: CaptureConfig = field(default_factory=CaptureConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    @property
+    def seq_len(self) -> int:
+        return self.data.seq_len or self.model.max_seq_len
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(dataclasses.asdict(self))
+
+
+# ----------------------------------------------------------------------------------------------
+# Building from YAML and overrides
+# ----------------------------------------------------------------------------------------------
+
+
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+def _nearest(key: str, options: list[str]) -> str:
+    match = difflib.get_close_matches(key, options, n=1, cutoff=0.5)
+    return f" Did you mean '{match[0]}'?" if match else f" Valid keys: {', '.join(options)}."
+
+
+def _coerce(value: Any, hint: Any, path: str) -> Any:
+    """Convert a YAML/CLI value to the annotated type, or fail naming the key."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], path)
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = [v for v in value.replace("[", "").replace("]", "").split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {value!r}.")
+        item_hints = args if origin is tuple else (args[0],) * len(value)
+        if origin is tuple and len(value) != len(args):
+            raise ConfigError(f"{path}: expected {len(args)} values, got {list(value)!r}.")
+        out = [_coerce(v, h, f"{path}[{i}]") for i, (v, h) in enumerate(zip(value, item_hints))]
+        return tuple(out) if origin is tuple else out
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{path}: expected true or false, got {value!r}.")
+    if hint in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{path}: expected a number, got {value!r}.")
+        try:
+            number = float(value) if hint is float else value
+            if hint is int:
+                number = int(value) if isinstance(value, str) else value
+                if isinstance(number, float):
+                    if not number.is_integer():
+                        raise ValueError
+                    number = int(number)
+                if not isinstance(number, int):
+                    raise ValueError
+            return number
+        except (TypeError, ValueError):
+            raise ConfigError(f"{path}: expected {hint.__name__}, got {value!r}.") from None
+    if hint is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{path}: expected a string, got {value!r}.")
+        return str(value)
+    return value
+
+
+def _build(cls: type, raw: dict[str, Any], path: str, base: Any = None) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path or 'config'}: expected a mapping of keys, got {raw!r}.")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    obj = dataclasses.replace(base) if base is not None else cls()
+    for key, value in raw.items():
+        full = f"{path}.{key}" if path else key
+        if key not in names:
+            raise ConfigError(f"Unknown config key '{full}'.{_nearest(key, names)}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            value = _build(hint, value or {}, full, getattr(obj, key))
+        else:
+            value = _coerce(value, hint, full)
+        setattr(obj, key, value)
+    return obj
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=c`` -> (["a", "b"], yaml-parsed c)."""
+    if "=" not in text:
+        raise ConfigError(f"Override '{text}' must look like section.key=value.")
+    key, value = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(value) if value.strip() else None
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    preset: str | None = None,
+) -> RunConfig:
+    """YAML file (optional) + dot-path overrides + preset -> validated RunConfig."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"Config file '{path}' does not exist.")
+        loaded = yaml.safe_load(path.read_text())
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"Config file '{path}' must hold a mapping of sections.")
+        raw = loaded or {}
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = raw
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"Override '{text}': '{k}' is not a section.")
+        node[keys[-1]] = value
+    if preset is not None:
+        raw["preset"] = preset
+    name = raw.get("preset")
+    base = RunConfig()
+    if name is not None:
+        if name not in PRESETS:
+            raise ConfigError(f"Unknown preset '{name}'.{_nearest(str(name), list(PRESETS))}")
+        base.model = dataclasses.replace(PRESETS[name])
+    config = _build(RunConfig, raw, "", base)
+    validate(config)
+    return config
+
+
+def config_from_dict(raw: dict[str, Any]) -> RunConfig:
+    """Rebuild a resolved config (as written in a run directory)."""
+    config = _build(RunConfig, raw, "")
+    validate(config)
+    return config
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation
+# ----------------------------------------------------------------------------------------------
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+def validate_model(m: ModelConfig, prefix: str = "model") -> None:
+    for name in ("d_model", "n_layers", "n_heads", "n_kv_heads", "mlp_hidden", "vocab_size",
+                 "max_seq_len"):
+        value = getattr(m, name)
+        _require(value > 0, f"{prefix}.{name}", f"must be a positive integer, got {value}.")
+    _require(m.d_model % m.n_heads == 0, f"{prefix}.d_model",
+             f"{m.d_model} is not divisible by n_heads={m.n_heads}; choose d_model a multiple "
+             f"of n_heads (e.g. {m.n_heads * max(1, round(m.d_model / m.n_heads))}).")
+    _require(m.head_dim % 2 == 0, f"{prefix}.d_model",
+             f"head_dim = d_model/n_heads = {m.head_dim} must be even for rotary embeddings.")
+    _require(m.n_heads % m.n_kv_heads == 0, f"{prefix}.n_kv_heads",
+             f"n_heads={m.n_heads} is not divisible by n_kv_heads={m.n_kv_heads}; use a divisor "
+             f"of n_heads.")
+    _require(m.rope_theta > 0, f"{prefix}.rope_theta", "must be positive.")
+    _require(m.norm_eps > 0, f"{prefix}.norm_eps", "must be positive.")
+    _require(m.init in ("scaled_normal", "pytorch_default"), f"{prefix}.init",
+             f"'{m.init}' is not one of scaled_normal, pytorch_default.")
+    _require(m.init_std > 0, f"{prefix}.init_std", "must be positive.")
+
+
+def validate(c: RunConfig) -> None:
+    validate_model(c.model)
+    d, t, k, cap = c.data, c.training, c.checkpointing, c.capture
+    _require(c.seq_len > 0, "data.seq_len", "must be positive.")
+    _require(c.seq_len <= c.model.max_seq_len, "data.seq_len",
+             f"{c.seq_len} exceeds model.max_seq_len={c.model.max_seq_len}.")
+    _require(d.tokenizer_vocab_size >= 260, "data.tokenizer_vocab_size",
+             "must be at least 260 (256 bytes plus special tokens).")
+    _require(d.tokenizer is not None or d.tokenizer_vocab_size <= c.model.vocab_size,
+             "data.tokenizer_vocab_size",
+             f"{d.tokenizer_vocab_size} exceeds model.vocab_size={c.model.vocab_size}.")
+    _require(d.eval_sequences > 0, "data.eval_sequences", "must be positive.")
+    for name in ("max_steps", "global_batch_size", "micro_batch_size"):
+        _require(getattr(t, name) > 0, f"training.{name}", "must be a positive integer.")
+    _require(t.global_batch_size % t.micro_batch_size == 0, "training.global_batch_size",
+             f"{t.global_batch_size} is not a multiple of training.micro_batch_size="
+             f"{t.micro_batch_size}.")
+    _require(t.lr > 0, "training.lr", "must be positive.")
+    _require(0 <= t.min_lr_ratio <= 1, "training.min_lr_ratio", "must lie in [0, 1].")
+    _require(0 <= t.warmup_steps <= t.max_steps, "training.warmup_steps",
+             f"must lie in [0, max_steps={t.max_steps}].")
+    _require(t.schedule in ("cosine", "linear", "constant"), "training.schedule",
+             f"'{t.schedule}' is not one of cosine, linear, constant.")
+    _require(all(0 <= b < 1 for b in t.betas), "training.betas", "each beta must lie in [0, 1).")
+    _require(t.eps > 0 and t.weight_decay >= 0 and t.grad_clip >= 0, "training",
+             "eps must be positive; weight_decay and grad_clip non-negative.")
+    _require(t.precision in ("auto", "fp32", "bf16"), "training.precision",
+             f"'{t.precision}' is not one of auto, fp32, bf16.")
+    _require(t.max_bad_steps > 0, "training.max_bad_steps", "must be positive.")
+    _require(k.every >= 0, "checkpointing.every", "must be 0 (off) or positive.")
+    _require(all(0 <= s <= t.max_steps for s in k.steps), "checkpointing.steps",
+             f"every step must lie in [0, max_steps={t.max_steps}].")
+    _require(k.keep_states >= 1, "checkpointing.keep_states", "must be at least 1.")
+    _require(c.evaluation.batch_size > 0, "evaluation.batch_size", "must be positive.")
+    _require(set(cap.splits) <= {"train", "eval"}, "capture.splits",
+             f"{cap.splits} may hold only 'train' and 'eval'.")
+    _require(cap.positions in ("last", "all", "sample", "mean"), "capture.positions",
+             f"'{cap.positions}' is not one of last, all, sample, mean.")
+    _require(cap.batch_size > 0 and cap.micro_batch_size > 0 and cap.n_positions > 0, "capture",
+             "batch_size, micro_batch_size and n_positions must be positive.")
+    _require(cap.activation_dtype in ("auto", "fp32", "bf16"), "capture.activation_dtype",
+             f"'{cap.activation_dtype}' is not one of auto, fp32, bf16.")
+    _require(c.logging.log_every > 0, "logging.log_every", "must be positive.")
+
+
+def checkpoint_steps(c: RunConfig) -> set[int]:
+    """Steps (counted in completed optimizer steps) at which a checkpoint is written."""
+    steps = set(c.checkpointing.steps) | {c.training.max_steps}
+    if c.checkpointing.every:
+        steps |= set(range(c.checkpointing.every, c.training.max_steps + 1,
+                           c.checkpointing.every))
+    return steps

@@ -1,0 +1,38 @@
+"""pico-format: the run-directory contract between pico-train and pico-analyze."""
+
+from pico_format.layout import SCHEMA_VERSION, CheckpointPaths, RunPaths, step_dirname
+from pico_format.run import (
+    RunFormatError,
+    RunInfo,
+    checkpoint_transaction,
+    clean_temporary,
+    is_complete,
+    latest_step,
+    list_checkpoints,
+    prune_states,
+    read_json,
+    read_run_info,
+    write_json_atomic,
+    write_run_info,
+    write_text_atomic,
+)
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "CheckpointPaths",
+    "RunFormatError",
+    "RunInfo",
+    "RunPaths",
+    "checkpoint_transaction",
+    "clean_temporary",
+    "is_complete",
+    "latest_step",
+    "list_checkpoints",
+    "prune_states",
+    "read_json",
+    "read_run_info",
+    "step_dirname",
+    "write_json_atomic",
+    "write_run_info",
+    "write_text_atomic",
+]

@@ -1,0 +1,216 @@
+"""Reading and writing a run directory safely.
+
+Every file is written under a temporary name, flushed to disk and renamed into place, so a crash
+or a full disk never leaves a file, a checkpoint or the `latest` pointer half written. A
+checkpoint is a folder built as `.tmp-step_N`, closed by its `checkpoint.json` manifest, renamed
+to `step_N`, and only then named by `latest.json`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from pico_format.layout import (
+    CHECKPOINTS,
+    SCHEMA_VERSION,
+    TMP_PREFIX,
+    CheckpointPaths,
+    RunPaths,
+    parse_step_dirname,
+)
+
+
+class RunFormatError(RuntimeError):
+    """A run directory or checkpoint that is missing, incomplete or corrupt."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Atomic files
+# ----------------------------------------------------------------------------------------------
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` via a temporary sibling, fsync and rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    write_bytes_atomic(path, text.encode())
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise RunFormatError(f"Missing file '{path}'.")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RunFormatError(f"Corrupt JSON in '{path}': {err}.") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Run identity
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunInfo:
+    """run.json: what produced this run, so a resume or an analysis can check it."""
+
+    schema_version: int
+    code_version: str
+    data_fingerprint: str  # tokenizer + corpus + sequence length + data seed
+    model_fingerprint: str  # the model's shape
+    created: float = field(default_factory=time.time)
+    producer: str = "pico-train"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def write_run_info(run: RunPaths, info: RunInfo) -> None:
+    write_json_atomic(run.info, asdict(info))
+
+
+def read_run_info(run: RunPaths) -> RunInfo:
+    raw = read_json(run.info)
+    if raw.get("schema_version", 0) > SCHEMA_VERSION:
+        raise RunFormatError(
+            f"'{run.info}' has schema version {raw['schema_version']}, newer than this code's "
+            f"{SCHEMA_VERSION}: upgrade pico."
+        )
+    try:
+        return RunInfo(**raw)
+    except TypeError as err:
+        raise RunFormatError(f"'{run.info}' is not a pico run file: {err}.") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints
+# ----------------------------------------------------------------------------------------------
+
+
+def _raise_disk_error(err: OSError, what: str) -> None:
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise RunFormatError(
+            f"Disk full while writing {what}; nothing was replaced (the previous checkpoint and "
+            f"the latest pointer are intact). Free space and resume."
+        ) from err
+    raise err
+
+
+@contextlib.contextmanager
+def checkpoint_transaction(run: RunPaths, step: int) -> Iterator[CheckpointPaths]:
+    """Yield a temporary checkpoint folder; on success publish it as step `step`.
+
+    The caller fills the folder; this writes its manifest listing the files, renames it into place
+    (replacing a stale folder of the same step left by an interrupted run) and points `latest`
+    at it. On any error the temporary folder is removed and nothing else changes.
+    """
+    tmp = run.temporary_checkpoint(step)
+    final = run.checkpoint(step)
+    if tmp.root.exists():
+        shutil.rmtree(tmp.root)
+    try:
+        tmp.root.mkdir(parents=True)
+        yield tmp
+        files = sorted(str(p.relative_to(tmp.root)) for p in tmp.root.rglob("*") if p.is_file())
+        write_json_atomic(tmp.manifest, {"schema_version": SCHEMA_VERSION, "step": step,
+                                         "files": files, "complete": True})
+        _fsync_dir(tmp.root)
+        if final.root.exists():
+            stale = run.checkpoints / f"{TMP_PREFIX}stale-{final.root.name}"
+            shutil.rmtree(stale, ignore_errors=True)
+            os.replace(final.root, stale)
+            shutil.rmtree(stale)
+        os.replace(tmp.root, final.root)
+        _fsync_dir(run.checkpoints)
+        write_json_atomic(run.latest, {"step": step, "path": f"{CHECKPOINTS}/{final.root.name}"})
+    except OSError as err:
+        shutil.rmtree(tmp.root, ignore_errors=True)
+        _raise_disk_error(err, f"checkpoint step {step}")
+    except BaseException:
+        shutil.rmtree(tmp.root, ignore_errors=True)
+        raise
+
+
+def is_complete(ckpt: CheckpointPaths) -> bool:
+    return ckpt.manifest.is_file()
+
+
+def list_checkpoints(run: RunPaths) -> list[int]:
+    """Steps of the complete checkpoints, ascending (temporary folders are ignored)."""
+    if not run.checkpoints.is_dir():
+        return []
+    steps = []
+    for child in run.checkpoints.iterdir():
+        step = parse_step_dirname(child.name)
+        if step is not None and is_complete(CheckpointPaths(child)):
+            steps.append(step)
+    return sorted(steps)
+
+
+def latest_step(run: RunPaths) -> int | None:
+    """The step named by `latest.json`, checked to be a complete checkpoint; None if no pointer."""
+    if not run.latest.is_file():
+        return None
+    pointer = read_json(run.latest)
+    step = pointer.get("step")
+    if not isinstance(step, int) or not is_complete(run.checkpoint(step)):
+        raise RunFormatError(
+            f"'{run.latest}' names step {step!r}, which is not a complete checkpoint under "
+            f"'{run.checkpoints}'."
+        )
+    return step
+
+
+def clean_temporary(run: RunPaths) -> list[Path]:
+    """Remove folders left by interrupted checkpoint writes; return what was removed."""
+    removed = []
+    if run.checkpoints.is_dir():
+        for child in run.checkpoints.iterdir():
+            if child.name.startswith(TMP_PREFIX):
+                shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink()
+                removed.append(child)
+    return removed
+
+
+def prune_states(run: RunPaths, keep: int) -> None:
+    """Delete the training state of all but the newest `keep` checkpoints (model files stay)."""
+    with_state = [s for s in list_checkpoints(run) if run.checkpoint(s).state.is_dir()]
+    for step in with_state[:-keep] if keep > 0 else with_state:
+        state = run.checkpoint(step).state
+        doomed = state.with_name(TMP_PREFIX + state.name)
+        os.replace(state, doomed)  # a reader never sees a half-deleted state folder
+        shutil.rmtree(doomed)
