@@ -1,5 +1,6 @@
 """pico-format: the run-directory contract between pico-train and pico-analyze."""
 
+from pico_format.capture import CaptureManifest, CaptureReader, capture_splits, write_capture
 from pico_format.layout import SCHEMA_VERSION, CheckpointPaths, RunPaths, step_dirname
 from pico_format.run import (
     RunFormatError,
@@ -18,6 +19,10 @@ from pico_format.run import (
 )
 
 __all__ = [
+    "CaptureManifest",
+    "CaptureReader",
+    "capture_splits",
+    "write_capture",
     "SCHEMA_VERSION",
     "CheckpointPaths",
     "RunFormatError",
