@@ -88,7 +88,7 @@ def _gram_terms(a: torch.Tensor, debiased: bool):
 
 def _hsic_gram(kt, lt, debiased: bool) -> torch.Tensor:
     (k, k1, sum_k), (l, l1, sum_l) = kt, lt
-    tr = (k * l).sum()
+    tr = torch.dot(k.reshape(-1), l.reshape(-1))  # tr(K L) for symmetric K, L; no n x n temp
     if not debiased:
         return tr
     n = k.shape[0]
@@ -96,9 +96,7 @@ def _hsic_gram(kt, lt, debiased: bool) -> torch.Tensor:
 
 
 @register_metric("cka", comparative=True, kinds=("activations",))
-def cka(
-    x: torch.Tensor, y: torch.Tensor, *, debiased: bool = True, method: str = "auto"
-) -> float:
+def cka(x: torch.Tensor, y: torch.Tensor, *, debiased: bool = True, method: str = "auto") -> float:
     """Linear centered kernel alignment (CKA) between two representations of the same inputs.
 
     ``CKA(X, Y) = HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L))`` with linear kernels
@@ -151,8 +149,7 @@ def cka(
         raise MetricError(
             f"the {'debiased ' if debiased else ''}HSIC estimate of {which} with itself is not "
             f"positive (n_samples={n}); the representation is (nearly) degenerate for this "
-            "sample size: measure on more samples"
-            + (" or use debiased=False" if debiased else "")
+            "sample size: measure on more samples" + (" or use debiased=False" if debiased else "")
         )
     return float(hxy / torch.sqrt(hxx * hyy))
 

@@ -1,0 +1,32 @@
+"""Matrix norms: Frobenius, nuclear, spectral (float64, on the input's device)."""
+
+from __future__ import annotations
+
+import torch
+
+from ._utils import as_matrix, as_tensor, float64
+from .registry import register_metric
+
+__all__ = ["frobenius_norm", "nuclear_norm", "spectral_norm"]
+
+
+@register_metric("frobenius_norm", comparative=False)
+def frobenius_norm(x: torch.Tensor) -> float:
+    """Frobenius norm ``||A||_F = sqrt(sum_ij a_ij^2) = sqrt(sum_i sigma_i^2)``.
+
+    ``x``: any shape (a weight ``(out, in)``, a bias vector, ...), flattened; for a vector this
+    is the Euclidean norm.
+    """
+    return float(torch.linalg.vector_norm(float64(as_tensor(x, "x"))))
+
+
+@register_metric("nuclear_norm", comparative=False)
+def nuclear_norm(x: torch.Tensor) -> float:
+    """Nuclear (trace) norm ``||A||_* = sum_i sigma_i`` of a 2-D ``x`` (``(out, in)``)."""
+    return float(torch.linalg.svdvals(float64(as_matrix(x, "x"))).sum())
+
+
+@register_metric("spectral_norm", comparative=False)
+def spectral_norm(x: torch.Tensor) -> float:
+    """Spectral (operator 2-) norm ``||A||_2 = sigma_max`` of a 2-D ``x`` (``(out, in)``)."""
+    return float(torch.linalg.svdvals(float64(as_matrix(x, "x")))[0])
