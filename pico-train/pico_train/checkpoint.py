@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from pico_format import CheckpointPaths, RunFormatError, read_json, write_json_atomic
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from pico_format import CheckpointPaths, RunFormatError, read_json, write_json_atomic
 from pico_train import __version__
 from pico_train.config import ModelConfig, validate_model
 from pico_train.model import PicoDecoder
@@ -31,8 +31,13 @@ from pico_train.model import PicoDecoder
 # ----------------------------------------------------------------------------------------------
 
 
-def hf_config(c: ModelConfig, *, bos_token_id: int | None = None,
-              eos_token_id: int | None = None, pad_token_id: int | None = None) -> dict[str, Any]:
+def hf_config(
+    c: ModelConfig,
+    *,
+    bos_token_id: int | None = None,
+    eos_token_id: int | None = None,
+    pad_token_id: int | None = None,
+) -> dict[str, Any]:
     """config.json of a transformers Llama model with our shape.
 
     The rotary base is written both the transformers 4 way (``rope_theta``) and the
@@ -75,19 +80,28 @@ def model_config_from_hf(raw: dict[str, Any], source: str = "config.json") -> Mo
         raise RunFormatError(f"{source}: model_type is {raw.get('model_type')!r}, not 'llama'.")
     theta = raw.get("rope_theta") or (raw.get("rope_parameters") or {}).get("rope_theta", 1e4)
     c = ModelConfig(
-        d_model=raw["hidden_size"], n_layers=raw["num_hidden_layers"],
+        d_model=raw["hidden_size"],
+        n_layers=raw["num_hidden_layers"],
         n_heads=raw["num_attention_heads"],
         n_kv_heads=raw.get("num_key_value_heads", raw["num_attention_heads"]),
-        mlp_hidden=raw["intermediate_size"], vocab_size=raw["vocab_size"],
-        max_seq_len=raw["max_position_embeddings"], rope_theta=float(theta),
-        norm_eps=raw.get("rms_norm_eps", 1e-6), init_std=raw.get("initializer_range", 0.02),
+        mlp_hidden=raw["intermediate_size"],
+        vocab_size=raw["vocab_size"],
+        max_seq_len=raw["max_position_embeddings"],
+        rope_theta=float(theta),
+        norm_eps=raw.get("rms_norm_eps", 1e-6),
+        init_std=raw.get("initializer_range", 0.02),
     )
     validate_model(c, prefix=source)
     return c
 
 
-def save_model_files(folder: Path, model: PicoDecoder, tokenizer=None, *,
-                     state_dict: dict[str, torch.Tensor] | None = None) -> None:
+def save_model_files(
+    folder: Path,
+    model: PicoDecoder,
+    tokenizer=None,
+    *,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> None:
     """Write config.json, model.safetensors, generation_config.json (+ tokenizer files).
 
     `state_dict` lets a distributed caller pass the gathered full weights.
@@ -108,8 +122,11 @@ def save_model_files(folder: Path, model: PicoDecoder, tokenizer=None, *,
 def special_token_ids(tokenizer) -> dict[str, int | None]:
     if tokenizer is None:
         return {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
-    return {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
-            "pad_token_id": tokenizer.pad_token_id}
+    return {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
 
 
 def load_model(folder: str | Path, device: str | torch.device = "cpu") -> PicoDecoder:
@@ -130,8 +147,10 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> PicoDe
         raise RunFormatError(f"Corrupt weights file '{weights_path}': {err}.") from None
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise RunFormatError(f"'{weights_path}' does not match config.json: missing {missing}, "
-                             f"unexpected {unexpected}.")
+        raise RunFormatError(
+            f"'{weights_path}' does not match config.json: missing {missing}, "
+            f"unexpected {unexpected}."
+        )
     return model.to(device)
 
 
@@ -154,8 +173,12 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer, names: dict[int, str]):
     return tensors, {"param_groups": groups, "scalars": scalars}
 
 
-def save_training_state(ckpt: CheckpointPaths, optimizer: torch.optim.Optimizer,
-                        param_names: list[str], trainer: dict[str, Any]) -> None:
+def save_training_state(
+    ckpt: CheckpointPaths,
+    optimizer: torch.optim.Optimizer,
+    param_names: list[str],
+    trainer: dict[str, Any],
+) -> None:
     """Write state/: optimizer.safetensors, rng.safetensors and trainer.json.
 
     `param_names` lists the optimizer's parameters in the order they were given to it.
@@ -169,12 +192,15 @@ def save_training_state(ckpt: CheckpointPaths, optimizer: torch.optim.Optimizer,
     write_json_atomic(ckpt.trainer, {**trainer, "optimizer": meta, "rng": rng_meta})
 
 
-def load_training_state(ckpt: CheckpointPaths, optimizer: torch.optim.Optimizer,
-                        param_names: list[str]) -> dict[str, Any]:
+def load_training_state(
+    ckpt: CheckpointPaths, optimizer: torch.optim.Optimizer, param_names: list[str]
+) -> dict[str, Any]:
     """Restore optimizer and RNG states in place; return the trainer counters."""
     if not ckpt.trainer.is_file():
-        raise RunFormatError(f"Checkpoint '{ckpt.root}' has no training state (pruned by "
-                             f"checkpointing.keep_states?); cannot resume from it.")
+        raise RunFormatError(
+            f"Checkpoint '{ckpt.root}' has no training state (pruned by "
+            f"checkpointing.keep_states?); cannot resume from it."
+        )
     trainer = read_json(ckpt.trainer)
     try:
         tensors = load_file(str(ckpt.optimizer))
@@ -199,13 +225,17 @@ def load_training_state(ckpt: CheckpointPaths, optimizer: torch.optim.Optimizer,
 def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     version, internal, gauss = random.getstate()
     np_state = np.random.get_state()
-    tensors = {"torch": torch.get_rng_state(),
-               "numpy": torch.from_numpy(np.asarray(np_state[1], dtype=np.uint32).view(np.int32))}
+    tensors = {
+        "torch": torch.get_rng_state(),
+        "numpy": torch.from_numpy(np.asarray(np_state[1], dtype=np.uint32).view(np.int32)),
+    }
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"cuda.{i}"] = s
-    meta = {"python": [version, list(internal), gauss],
-            "numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])]}
+    meta = {
+        "python": [version, list(internal), gauss],
+        "numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
+    }
     return tensors, meta
 
 

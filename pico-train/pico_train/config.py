@@ -57,7 +57,12 @@ def _suite(d: int) -> ModelConfig:
 # 1,457,596,416 parameters), and a CPU-sized demo shape.
 PRESETS: dict[str, ModelConfig] = {
     "demo": ModelConfig(
-        d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, mlp_hidden=512, vocab_size=4096,
+        d_model=128,
+        n_layers=4,
+        n_heads=4,
+        n_kv_heads=2,
+        mlp_hidden=512,
+        vocab_size=4096,
         max_seq_len=256,
     ),
     "tiny": _suite(96),
@@ -65,8 +70,14 @@ PRESETS: dict[str, ModelConfig] = {
     "medium": _suite(768),
     "large": _suite(1536),
     "1b": ModelConfig(
-        d_model=2048, n_layers=18, n_heads=16, n_kv_heads=8, mlp_hidden=5504, vocab_size=151936,
-        max_seq_len=2048, rope_theta=1_000_000.0,
+        d_model=2048,
+        n_layers=18,
+        n_heads=16,
+        n_kv_heads=8,
+        mlp_hidden=5504,
+        vocab_size=151936,
+        max_seq_len=2048,
+        rope_theta=1_000_000.0,
     ),
 }
 
@@ -87,7 +98,7 @@ class DataConfig:
     tokenizer_vocab_size: int = 4096  # only for the trained BPE
     seq_len: int | None = None  # None: the model's max_seq_len
     seed: int = 0  # fixes the global order and the held-out set
-    eval_sequences: int = 64  # held-out sequences, never trained on
+    eval_sequences: int = 128  # held-out sequences, never trained on (the eval capture batch)
     streaming: bool | None = None  # None: stream Hub datasets, load local files
 
 
@@ -323,22 +334,41 @@ def _require(ok: bool, key: str, message: str) -> None:
 
 
 def validate_model(m: ModelConfig, prefix: str = "model") -> None:
-    for name in ("d_model", "n_layers", "n_heads", "n_kv_heads", "mlp_hidden", "vocab_size",
-                 "max_seq_len"):
+    for name in (
+        "d_model",
+        "n_layers",
+        "n_heads",
+        "n_kv_heads",
+        "mlp_hidden",
+        "vocab_size",
+        "max_seq_len",
+    ):
         value = getattr(m, name)
         _require(value > 0, f"{prefix}.{name}", f"must be a positive integer, got {value}.")
-    _require(m.d_model % m.n_heads == 0, f"{prefix}.d_model",
-             f"{m.d_model} is not divisible by n_heads={m.n_heads}; choose d_model a multiple "
-             f"of n_heads (e.g. {m.n_heads * max(1, round(m.d_model / m.n_heads))}).")
-    _require(m.head_dim % 2 == 0, f"{prefix}.d_model",
-             f"head_dim = d_model/n_heads = {m.head_dim} must be even for rotary embeddings.")
-    _require(m.n_heads % m.n_kv_heads == 0, f"{prefix}.n_kv_heads",
-             f"n_heads={m.n_heads} is not divisible by n_kv_heads={m.n_kv_heads}; use a divisor "
-             f"of n_heads.")
+    _require(
+        m.d_model % m.n_heads == 0,
+        f"{prefix}.d_model",
+        f"{m.d_model} is not divisible by n_heads={m.n_heads}; choose d_model a multiple "
+        f"of n_heads (e.g. {m.n_heads * max(1, round(m.d_model / m.n_heads))}).",
+    )
+    _require(
+        m.head_dim % 2 == 0,
+        f"{prefix}.d_model",
+        f"head_dim = d_model/n_heads = {m.head_dim} must be even for rotary embeddings.",
+    )
+    _require(
+        m.n_heads % m.n_kv_heads == 0,
+        f"{prefix}.n_kv_heads",
+        f"n_heads={m.n_heads} is not divisible by n_kv_heads={m.n_kv_heads}; use a divisor "
+        f"of n_heads.",
+    )
     _require(m.rope_theta > 0, f"{prefix}.rope_theta", "must be positive.")
     _require(m.norm_eps > 0, f"{prefix}.norm_eps", "must be positive.")
-    _require(m.init in ("scaled_normal", "pytorch_default"), f"{prefix}.init",
-             f"'{m.init}' is not one of scaled_normal, pytorch_default.")
+    _require(
+        m.init in ("scaled_normal", "pytorch_default"),
+        f"{prefix}.init",
+        f"'{m.init}' is not one of scaled_normal, pytorch_default.",
+    )
     _require(m.init_std > 0, f"{prefix}.init_std", "must be positive.")
 
 
@@ -346,44 +376,82 @@ def validate(c: RunConfig) -> None:
     validate_model(c.model)
     d, t, k, cap = c.data, c.training, c.checkpointing, c.capture
     _require(c.seq_len > 0, "data.seq_len", "must be positive.")
-    _require(c.seq_len <= c.model.max_seq_len, "data.seq_len",
-             f"{c.seq_len} exceeds model.max_seq_len={c.model.max_seq_len}.")
-    _require(d.tokenizer_vocab_size >= 260, "data.tokenizer_vocab_size",
-             "must be at least 260 (256 bytes plus special tokens).")
-    _require(d.tokenizer is not None or d.tokenizer_vocab_size <= c.model.vocab_size,
-             "data.tokenizer_vocab_size",
-             f"{d.tokenizer_vocab_size} exceeds model.vocab_size={c.model.vocab_size}.")
+    _require(
+        c.seq_len <= c.model.max_seq_len,
+        "data.seq_len",
+        f"{c.seq_len} exceeds model.max_seq_len={c.model.max_seq_len}.",
+    )
+    _require(
+        d.tokenizer_vocab_size >= 260,
+        "data.tokenizer_vocab_size",
+        "must be at least 260 (256 bytes plus special tokens).",
+    )
+    _require(
+        d.tokenizer is not None or d.tokenizer_vocab_size <= c.model.vocab_size,
+        "data.tokenizer_vocab_size",
+        f"{d.tokenizer_vocab_size} exceeds model.vocab_size={c.model.vocab_size}.",
+    )
     _require(d.eval_sequences > 0, "data.eval_sequences", "must be positive.")
     for name in ("max_steps", "global_batch_size", "micro_batch_size"):
         _require(getattr(t, name) > 0, f"training.{name}", "must be a positive integer.")
-    _require(t.global_batch_size % t.micro_batch_size == 0, "training.global_batch_size",
-             f"{t.global_batch_size} is not a multiple of training.micro_batch_size="
-             f"{t.micro_batch_size}.")
+    _require(
+        t.global_batch_size % t.micro_batch_size == 0,
+        "training.global_batch_size",
+        f"{t.global_batch_size} is not a multiple of training.micro_batch_size="
+        f"{t.micro_batch_size}.",
+    )
     _require(t.lr > 0, "training.lr", "must be positive.")
     _require(0 <= t.min_lr_ratio <= 1, "training.min_lr_ratio", "must lie in [0, 1].")
-    _require(0 <= t.warmup_steps <= t.max_steps, "training.warmup_steps",
-             f"must lie in [0, max_steps={t.max_steps}].")
-    _require(t.schedule in ("cosine", "linear", "constant"), "training.schedule",
-             f"'{t.schedule}' is not one of cosine, linear, constant.")
+    _require(
+        0 <= t.warmup_steps <= t.max_steps,
+        "training.warmup_steps",
+        f"must lie in [0, max_steps={t.max_steps}].",
+    )
+    _require(
+        t.schedule in ("cosine", "linear", "constant"),
+        "training.schedule",
+        f"'{t.schedule}' is not one of cosine, linear, constant.",
+    )
     _require(all(0 <= b < 1 for b in t.betas), "training.betas", "each beta must lie in [0, 1).")
-    _require(t.eps > 0 and t.weight_decay >= 0 and t.grad_clip >= 0, "training",
-             "eps must be positive; weight_decay and grad_clip non-negative.")
-    _require(t.precision in ("auto", "fp32", "bf16"), "training.precision",
-             f"'{t.precision}' is not one of auto, fp32, bf16.")
+    _require(
+        t.eps > 0 and t.weight_decay >= 0 and t.grad_clip >= 0,
+        "training",
+        "eps must be positive; weight_decay and grad_clip non-negative.",
+    )
+    _require(
+        t.precision in ("auto", "fp32", "bf16"),
+        "training.precision",
+        f"'{t.precision}' is not one of auto, fp32, bf16.",
+    )
     _require(t.max_bad_steps > 0, "training.max_bad_steps", "must be positive.")
     _require(k.every >= 0, "checkpointing.every", "must be 0 (off) or positive.")
-    _require(all(0 <= s <= t.max_steps for s in k.steps), "checkpointing.steps",
-             f"every step must lie in [0, max_steps={t.max_steps}].")
+    _require(
+        all(0 <= s <= t.max_steps for s in k.steps),
+        "checkpointing.steps",
+        f"every step must lie in [0, max_steps={t.max_steps}].",
+    )
     _require(k.keep_states >= 1, "checkpointing.keep_states", "must be at least 1.")
     _require(c.evaluation.batch_size > 0, "evaluation.batch_size", "must be positive.")
-    _require(set(cap.splits) <= {"train", "eval"}, "capture.splits",
-             f"{cap.splits} may hold only 'train' and 'eval'.")
-    _require(cap.positions in ("last", "all", "sample", "mean"), "capture.positions",
-             f"'{cap.positions}' is not one of last, all, sample, mean.")
-    _require(cap.batch_size > 0 and cap.micro_batch_size > 0 and cap.n_positions > 0, "capture",
-             "batch_size, micro_batch_size and n_positions must be positive.")
-    _require(cap.activation_dtype in ("auto", "fp32", "bf16"), "capture.activation_dtype",
-             f"'{cap.activation_dtype}' is not one of auto, fp32, bf16.")
+    _require(
+        set(cap.splits) <= {"train", "eval"},
+        "capture.splits",
+        f"{cap.splits} may hold only 'train' and 'eval'.",
+    )
+    _require(
+        cap.positions in ("last", "all", "sample", "mean"),
+        "capture.positions",
+        f"'{cap.positions}' is not one of last, all, sample, mean.",
+    )
+    _require(
+        cap.batch_size > 0 and cap.micro_batch_size > 0 and cap.n_positions > 0,
+        "capture",
+        "batch_size, micro_batch_size and n_positions must be positive.",
+    )
+    _require(
+        cap.activation_dtype in ("auto", "fp32", "bf16"),
+        "capture.activation_dtype",
+        f"'{cap.activation_dtype}' is not one of auto, fp32, bf16.",
+    )
     _require(c.logging.log_every > 0, "logging.log_every", "must be positive.")
 
 
@@ -391,6 +459,5 @@ def checkpoint_steps(c: RunConfig) -> set[int]:
     """Steps (counted in completed optimizer steps) at which a checkpoint is written."""
     steps = set(c.checkpointing.steps) | {c.training.max_steps}
     if c.checkpointing.every:
-        steps |= set(range(c.checkpointing.every, c.training.max_steps + 1,
-                           c.checkpointing.every))
+        steps |= set(range(c.checkpointing.every, c.training.max_steps + 1, c.checkpointing.every))
     return steps

@@ -76,7 +76,10 @@ class Attention(nn.Module):
         super().__init__()
         self.layer = layer
         self.n_heads, self.n_kv_heads, self.head_dim = (
-            config.n_heads, config.n_kv_heads, config.head_dim)
+            config.n_heads,
+            config.n_kv_heads,
+            config.head_dim,
+        )
         d, hd = config.d_model, config.head_dim
         self.q_proj = nn.Linear(d, self.n_heads * hd, bias=False)
         self.k_proj = nn.Linear(d, self.n_kv_heads * hd, bias=False)
@@ -202,8 +205,12 @@ class PicoDecoder(nn.Module):
             cache.length += T
         return self.model.norm(x)
 
-    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
-                cache: KVCache | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
         """Logits (B, T, V); or, given targets (B, T), the mean next-token cross-entropy.
 
         Targets equal to -100 are ignored. The loss is computed in fp32.
@@ -235,11 +242,15 @@ class PicoDecoder(nn.Module):
         """
         total = input_ids.shape[1] + max_new_tokens
         if total > self.config.max_seq_len:
-            raise ValueError(f"prompt + max_new_tokens = {total} exceeds max_seq_len="
-                             f"{self.config.max_seq_len}.")
+            raise ValueError(
+                f"prompt + max_new_tokens = {total} exceeds max_seq_len={self.config.max_seq_len}."
+            )
         p = next(self.parameters())
-        cache = KVCache(self.config, input_ids.shape[0], total, p.device, p.dtype) \
-            if use_cache else None
+        cache = (
+            KVCache(self.config, input_ids.shape[0], total, p.device, p.dtype)
+            if use_cache
+            else None
+        )
         out, step_input = input_ids, input_ids
         finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         for _ in range(max_new_tokens):
@@ -255,8 +266,9 @@ class PicoDecoder(nn.Module):
         return out
 
 
-def sample_next(logits: torch.Tensor, temperature: float, top_p: float,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_next(
+    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Next token ids (B,) from logits (B, V): greedy at temperature 0, else nucleus sampling."""
     if temperature <= 0:
         return logits.argmax(dim=-1)
@@ -295,6 +307,5 @@ def training_flops_per_token(c: ModelConfig, seq_len: int | None = None) -> int:
     """
     T = seq_len or c.max_seq_len
     counts = parameter_counts(c)
-    n_matmul = counts["non_embedding"] - (2 * c.n_layers + 1) * c.d_model \
-        + c.vocab_size * c.d_model
+    n_matmul = counts["non_embedding"] - (2 * c.n_layers + 1) * c.d_model + c.vocab_size * c.d_model
     return 6 * n_matmul + 12 * c.n_layers * c.d_model * T

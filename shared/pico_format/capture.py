@@ -22,7 +22,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from pico_format.layout import CAPTURE, CAPTURE_KINDS, CAPTURE_MANIFEST, SCHEMA_VERSION, CheckpointPaths
+from pico_format.layout import (
+    CAPTURE,
+    CAPTURE_KINDS,
+    CAPTURE_MANIFEST,
+    SCHEMA_VERSION,
+    CheckpointPaths,
+)
 from pico_format.run import RunFormatError, read_json, write_json_atomic
 
 POSITION_POLICIES = ("last", "all", "sample", "mean")
@@ -46,7 +52,9 @@ class CaptureManifest:
     position_indices: list[int] | None  # token positions captured (sample/last); None for all/mean
     seq_len: int
     token_ids: list[list[int]]  # the captured batch: (batch, seq_len) input ids, row i = sequence i
-    tensors: dict[str, dict[str, TensorInfo]] = field(default_factory=dict)  # kind -> module -> info
+    tensors: dict[str, dict[str, TensorInfo]] = field(
+        default_factory=dict
+    )  # kind -> module -> info
     loss: float | None = None  # mean next-token loss of the captured batch
     activation_dtype: str = "float32"
     schema_version: int = SCHEMA_VERSION
@@ -90,7 +98,9 @@ def write_capture(
             raise ValueError(f"Unknown capture kind '{kind}'; expected one of {CAPTURE_KINDS}.")
         cpu = {m: t.detach().cpu().contiguous() for m, t in by_module.items()}
         save_file(cpu, str(ckpt.capture_file(manifest.split, kind)))
-        manifest.tensors[kind] = {m: TensorInfo(list(t.shape), _dtype_name(t)) for m, t in cpu.items()}
+        manifest.tensors[kind] = {
+            m: TensorInfo(list(t.shape), _dtype_name(t)) for m, t in cpu.items()
+        }
     write_json_atomic(ckpt.capture_manifest(manifest.split), manifest.to_json())
     if texts is not None:
         write_json_atomic(ckpt.capture_text(manifest.split), texts)
@@ -118,11 +128,15 @@ class CaptureReader:
     def get(self, kind: str, module: str, device: str | torch.device = "cpu") -> torch.Tensor:
         held = self.manifest.tensors.get(kind)
         if held is None:
-            raise KeyError(f"No {kind} in the '{self.split}' capture of '{self.ckpt.root}'; "
-                           f"it holds {self.kinds}.")
+            raise KeyError(
+                f"No {kind} in the '{self.split}' capture of '{self.ckpt.root}'; "
+                f"it holds {self.kinds}."
+            )
         if module not in held:
-            raise KeyError(f"Module '{module}' not captured ({kind}, '{self.split}'); captured: "
-                           f"{', '.join(self.modules(kind))}.")
+            raise KeyError(
+                f"Module '{module}' not captured ({kind}, '{self.split}'); captured: "
+                f"{', '.join(self.modules(kind))}."
+            )
         path = self.ckpt.capture_file(self.split, kind)
         try:
             with safe_open(str(path), framework="pt", device=str(device)) as f:

@@ -1,21 +1,21 @@
 """The run directory: every file name pico-train writes and pico-analyze reads, defined once.
 
-    RUN/
-      run.json                 RunInfo: schema version, code version, data fingerprint, identity
-      config.yaml              the resolved training config
-      log.jsonl                one JSON object per logged step (loss, lr, grad norm, tokens/s...)
-      latest.json              pointer to the newest complete checkpoint
-      checkpoints/
-        step_00000100/         one complete checkpoint (written as .tmp-step_00000100, renamed)
-          config.json  model.safetensors  generation_config.json  tokenizer.json ...
-                               the Hugging Face model files: AutoModelForCausalLM loads this folder
-          eval.json            held-out loss and perplexity
-          state/               training state for exact resume (pruned to the last K)
-            optimizer.safetensors  rng.safetensors  trainer.json
-          capture/<split>/     learning dynamics for split train | eval
-            activations.safetensors  weights.safetensors  gradients.safetensors
-            manifest.json  text.json
-          checkpoint.json      written last: what this checkpoint holds
+RUN/
+  run.json                 RunInfo: schema version, code version, data fingerprint, identity
+  config.yaml              the resolved training config
+  log.jsonl                one JSON object per logged step (loss, lr, grad norm, tokens/s...)
+  latest.json              pointer to the newest complete checkpoint
+  checkpoints/
+    step_00000100/         one complete checkpoint (written as .tmp-step_00000100, renamed)
+      config.json  model.safetensors  generation_config.json  tokenizer.json ...
+                           the Hugging Face model files: AutoModelForCausalLM loads this folder
+      eval.json            held-out loss and perplexity
+      state/               training state for exact resume (pruned to the last K)
+        optimizer.safetensors  rng.safetensors  trainer.json
+      capture/<split>/     learning dynamics for split train | eval
+        activations.safetensors  weights.safetensors  gradients.safetensors
+        manifest.json  text.json
+      checkpoint.json      written last: what this checkpoint holds
 """
 
 from __future__ import annotations

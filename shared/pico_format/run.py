@@ -14,9 +14,10 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from pico_format.layout import (
     CHECKPOINTS,
@@ -146,8 +147,10 @@ def checkpoint_transaction(run: RunPaths, step: int) -> Iterator[CheckpointPaths
         tmp.root.mkdir(parents=True)
         yield tmp
         files = sorted(str(p.relative_to(tmp.root)) for p in tmp.root.rglob("*") if p.is_file())
-        write_json_atomic(tmp.manifest, {"schema_version": SCHEMA_VERSION, "step": step,
-                                         "files": files, "complete": True})
+        write_json_atomic(
+            tmp.manifest,
+            {"schema_version": SCHEMA_VERSION, "step": step, "files": files, "complete": True},
+        )
         _fsync_dir(tmp.root)
         if final.root.exists():
             stale = run.checkpoints / f"{TMP_PREFIX}stale-{final.root.name}"

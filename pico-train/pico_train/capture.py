@@ -1,0 +1,274 @@
+"""Learning-dynamics capture: activations, weights and gradients of chosen modules.
+
+Reads the model (where it is: same device, no copy), a CaptureConfig and, per split, this rank's
+rows of the captured batch (`train`: the step's global batch; `eval`: the fixed held-out batch).
+Writes, on rank 0, one folder per split through pico_format (`write_capture` /
+`StreamingSafetensorsWriter`): activations (module outputs, reduced over positions by the
+policy), weights (fp32) and gradients dLoss/dW (fp32, mean over every captured token).
+
+The capture leaves training untouched: gradients come from `torch.autograd.grad` on a separate
+forward/backward (the parameters' .grad buffers are never written), no global RNG is drawn
+(sampled positions come from a private generator), and the optimizer and data cursor are not
+touched. Rows are gathered across ranks in rank order, so row i is sequence i of the batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import re
+
+import torch
+import torch.nn.functional as F
+from pico_format import CaptureManifest, CheckpointPaths, write_capture, write_json_atomic
+from pico_format.capture import TensorInfo
+from pico_format.stream import StreamingSafetensorsWriter
+from torch import nn
+
+from pico_train.config import CaptureConfig
+from pico_train.distributed import Dist
+
+_LAYER = re.compile(r"layers\.(\d+)")
+
+
+class _StopForward(Exception):
+    """Raised by a hook to end a forward pass once the module of interest has run."""
+
+
+def layer_of(name: str) -> int:
+    match = _LAYER.search(name)
+    return int(match.group(1)) if match else -1
+
+
+def select_modules(model: nn.Module, cfg: CaptureConfig) -> dict[str, nn.Module]:
+    """Modules whose names match the patterns (plus each block when residual), layer order."""
+    found = {}
+    for name, module in model.named_modules():
+        if any(fnmatch.fnmatchcase(name, p) for p in cfg.modules):
+            found[name] = module
+        elif cfg.residual and re.fullmatch(r"model\.layers\.\d+", name):
+            found[name] = module
+    if not found:
+        names = [n for n, _ in model.named_modules() if n][:8]
+        raise ValueError(f"capture.modules {cfg.modules} match no module; names look like {names}.")
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    return dict(sorted(found.items(), key=lambda kv: (layer_of(kv[0]), order[kv[0]])))
+
+
+def position_indices(cfg: CaptureConfig, seq_len: int) -> list[int] | None:
+    """Token positions kept: the last one, a fixed seeded sample, or None (all / mean)."""
+    if cfg.positions == "last":
+        return [seq_len - 1]
+    if cfg.positions == "sample":
+        k = min(cfg.n_positions, seq_len)
+        generator = torch.Generator().manual_seed(0)  # same positions at every step and run
+        return sorted(torch.randperm(seq_len, generator=generator)[:k].tolist())
+    return None
+
+
+def _reduce(out: torch.Tensor, policy: str, idx: list[int] | None) -> torch.Tensor:
+    """(B, T, w) module output -> rows: (B, w) for last/mean, (B*k, w) sequence-major else."""
+    out = out.detach()
+    if policy == "mean":
+        return out.float().mean(dim=1)
+    if policy == "all":
+        return out.flatten(0, 1)
+    return out[:, idx].flatten(0, 1)
+
+
+def _activation_dtype(cfg: CaptureConfig, device: torch.device) -> torch.dtype:
+    if cfg.activation_dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return torch.bfloat16 if cfg.activation_dtype == "bf16" else torch.float32
+
+
+def _width(module: nn.Module, model: nn.Module) -> int:
+    return module.out_features if isinstance(module, nn.Linear) else model.config.d_model
+
+
+def _gather_uneven(t: torch.Tensor, dist: Dist) -> torch.Tensor:
+    """Concatenate rows from every rank in rank order when ranks hold different row counts."""
+    if not dist.enabled:
+        return t
+    sizes = dist.gather_rows(torch.tensor([t.shape[0]], device=t.device)).tolist()
+    padded = torch.zeros((max(sizes), *t.shape[1:]), dtype=t.dtype, device=t.device)
+    padded[: t.shape[0]] = t
+    parts = dist.gather_rows(padded).split(max(sizes))
+    return torch.cat([p[:n] for p, n in zip(parts, sizes)])
+
+
+def _forward_pass(model, rows, cfg, autocast, hooks_for, weights=None):
+    """Run micro-batches of rows (n, T+1) with hooks; optionally accumulate sum-loss gradients.
+
+    Returns (loss_sum, n_tokens, grad_sums or None) as device tensors.
+    """
+    device = next(model.parameters()).device
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    grads = [torch.zeros_like(w, dtype=torch.float32) for w in weights] if weights else None
+    for chunk in rows.split(cfg.micro_batch_size):
+        chunk = chunk.to(device)
+        x, y = chunk[:, :-1], chunk[:, 1:]
+        handles = hooks_for()
+        try:
+            with torch.enable_grad() if weights else torch.no_grad(), autocast():
+                logits = model(x)  # (b, T, V)
+                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum")
+            if weights:
+                for acc, g in zip(grads, torch.autograd.grad(loss, weights)):
+                    acc += g.float()
+            loss_sum += loss.detach().double()
+        except _StopForward:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+    return loss_sum, rows.shape[0] * (rows.shape[1] - 1), grads
+
+
+def capture_split(model, modules, rows, cfg, dist, autocast, idx, with_activations=True):
+    """Activations (gathered), weights and mean gradients of one split, plus the batch loss.
+
+    rows: this rank's (n_r, T+1) share of the captured batch. The gradient of module weight W is
+    (1 / N_tokens) * sum over every captured token of dLoss_token/dW, N_tokens counted over all
+    ranks, so its scale does not depend on the batch size. With with_activations=False (the
+    positions=all case, streamed separately) no activation is kept.
+    """
+    device = next(model.parameters()).device
+    act_dtype = _activation_dtype(cfg, device)
+    acts: dict[str, list[torch.Tensor]] = {name: [] for name in modules}
+
+    def hooks_for():
+        if not with_activations:
+            return []
+
+        def make(name):
+            return lambda m, i, out: acts[name].append(
+                _reduce(out, cfg.positions, idx).to(act_dtype)
+            )
+
+        return [mod.register_forward_hook(make(name)) for name, mod in modules.items()]
+
+    with_weight = {n: m.weight for n, m in modules.items() if isinstance(m, nn.Linear)}
+    loss_sum, tokens, grads = _forward_pass(
+        model, rows, cfg, autocast, hooks_for, list(with_weight.values())
+    )
+    total_tokens = dist.sum(torch.tensor(float(tokens), dtype=torch.float64, device=device))
+    loss = (dist.sum(loss_sum) / total_tokens).item()
+    activations = None
+    if with_activations:
+        activations = {}
+        for name, parts in acts.items():
+            width = _width(modules[name], model)
+            local = (
+                torch.cat(parts)
+                if parts
+                else torch.zeros((0, width), dtype=act_dtype, device=device)
+            )
+            activations[name] = _gather_uneven(local, dist)
+    gradients = {n: (dist.sum(g) / total_tokens).float() for n, g in zip(with_weight, grads or [])}
+    weights = {n: w.detach().float().clone() for n, w in with_weight.items()}
+    return activations, weights, gradients, loss
+
+
+def _stream_all_positions(model, modules, rows, cfg, dist, autocast, path, n_rows, seq_len):
+    """positions=all: one module at a time, each forward stopped right after that module."""
+    device = next(model.parameters()).device
+    dtype = _activation_dtype(cfg, device)
+    layout = {n: ((n_rows * seq_len, _width(m, model)), dtype) for n, m in modules.items()}
+    writer = StreamingSafetensorsWriter(path, layout) if dist.is_main else None
+    for name, module in modules.items():
+        parts: list[torch.Tensor] = []
+
+        def hook(m, i, out, parts=parts):
+            parts.append(_reduce(out, "all", None).to(dtype))
+            raise _StopForward
+
+        _forward_pass(
+            model, rows, cfg, autocast, lambda m=module, h=hook: [m.register_forward_hook(h)]
+        )
+        local = (
+            torch.cat(parts)
+            if parts
+            else torch.zeros((0, layout[name][0][1]), dtype=dtype, device=device)
+        )
+        gathered = _gather_uneven(local, dist)
+        if writer is not None:
+            writer.write(name, gathered)
+        del parts, local, gathered
+    if writer is not None:
+        writer.close()
+    return {
+        n: TensorInfo(list(shape), str(dt).removeprefix("torch."))
+        for n, (shape, dt) in layout.items()
+    }
+
+
+def rows_for_capture(split: str, rows: torch.Tensor, batch_size: int, dist: Dist):
+    """This rank's share of the first `batch_size` sequences of a split's batch.
+
+    train: `rows` are this rank's contiguous slice of the global batch, so rank r keeps the part
+    of its slice that falls among the first batch_size global rows. eval: `rows` is the whole
+    held-out batch on every rank; its first batch_size rows are split contiguously over ranks.
+    Either way, gathering the shares in rank order gives the batch in its global order.
+    """
+    if split == "train":
+        keep = max(0, min(rows.shape[0], batch_size - dist.rank * rows.shape[0]))
+        return rows[:keep]
+    return rows[:batch_size].tensor_split(dist.world_size)[dist.rank]
+
+
+def capture_learning_dynamics(
+    model: nn.Module,
+    cfg: CaptureConfig,
+    step: int,
+    batches: dict[str, torch.Tensor],
+    dist: Dist,
+    tokenizer,
+    ckpt: CheckpointPaths | None,
+    autocast=contextlib.nullcontext,
+):
+    """Capture every configured split; rank 0 writes into `ckpt` (None on other ranks).
+
+    batches: split -> this rank's rows (n_r, T+1) of that split's captured batch (see
+    `rows_for_capture`). Every rank must call this (it gathers across ranks).
+    """
+    modules = select_modules(model, cfg)
+    streamed = cfg.positions == "all"
+    for split in cfg.splits:
+        rows = batches[split]
+        seq_len = rows.shape[1] - 1
+        idx = position_indices(cfg, seq_len)
+        token_ids = _gather_uneven(rows[:, :-1].to(dist.device), dist).cpu()
+        activations, weights, gradients, loss = capture_split(
+            model, modules, rows, cfg, dist, autocast, idx, with_activations=not streamed
+        )
+        manifest = CaptureManifest(
+            step=step,
+            split=split,
+            modules=list(modules),
+            layers={n: layer_of(n) for n in modules},
+            positions=cfg.positions,
+            position_indices=idx,
+            seq_len=seq_len,
+            token_ids=token_ids.tolist(),
+            loss=loss,
+            activation_dtype=str(_activation_dtype(cfg, dist.device)).removeprefix("torch."),
+        )
+        if ckpt is not None:
+            ckpt.capture_dir(split).mkdir(parents=True, exist_ok=True)
+        info = None
+        if streamed:
+            path = ckpt.capture_file(split, "activations") if ckpt is not None else None
+            info = _stream_all_positions(
+                model, modules, rows, cfg, dist, autocast, path, len(token_ids), seq_len
+            )
+        if ckpt is None:
+            continue
+        texts = [tokenizer.decode(ids) for ids in manifest.token_ids] if tokenizer else None
+        tensors = {"weights": weights, "gradients": gradients}
+        if activations is not None:
+            tensors["activations"] = activations
+        write_capture(ckpt, manifest, tensors, texts)
+        if info is not None:  # streamed file already on disk: add its entry to the manifest
+            manifest.tensors["activations"] = info
+            write_json_atomic(ckpt.capture_manifest(split), manifest.to_json())

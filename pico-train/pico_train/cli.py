@@ -1,0 +1,201 @@
+"""The `pico-train` command: info, train, generate.
+
+Reads YAML configs, overrides, presets, run directories and checkpoint folders; prints summaries
+or writes runs (through train.py). Errors the user can fix are printed as one clear message.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from pico_format import (
+    CaptureReader,
+    RunFormatError,
+    RunPaths,
+    capture_splits,
+    latest_step,
+    list_checkpoints,
+    read_json,
+)
+
+from pico_train.config import PRESETS, ConfigError, ModelConfig, RunConfig, load_config
+from pico_train.model import parameter_counts, training_flops_per_token
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+def _fmt(n: float) -> str:
+    for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(n)
+
+
+def describe_model(m: ModelConfig, seq_len: int) -> str:
+    counts = parameter_counts(m)
+    flops = training_flops_per_token(m, seq_len)
+    lines = [
+        f"  layers {m.n_layers}, d_model {m.d_model}, heads {m.n_heads} "
+        f"(kv {m.n_kv_heads}, head_dim {m.head_dim}), SwiGLU hidden {m.mlp_hidden}",
+        f"  vocab {m.vocab_size}, context {m.max_seq_len}, rope_theta {m.rope_theta:g}, "
+        f"init {m.init} (std {m.init_std})",
+        f"  parameters: {counts['total']:,} total ({_fmt(counts['total'])}), "
+        f"{counts['non_embedding']:,} without embeddings ({_fmt(counts['non_embedding'])})",
+        f"  training FLOPs/token at context {seq_len}: {flops:,} ({_fmt(flops)}); "
+        f"per 1B tokens: {flops * 1e9:.3e}",
+    ]
+    return "\n".join(lines)
+
+
+def describe_run(run: RunPaths) -> str:
+    steps = list_checkpoints(run)
+    if not steps:
+        return f"{run.root}: no complete checkpoint yet."
+    latest = latest_step(run)
+    lines = [f"run {run.root}: {len(steps)} checkpoints, latest step {latest}"]
+    for step in steps:
+        ckpt = run.checkpoint(step)
+        parts = ["model"]
+        if ckpt.trainer.is_file():
+            parts.append("state")
+        if ckpt.eval.is_file():
+            ev = read_json(ckpt.eval)
+            if "eval_loss" in ev:
+                parts.append(f"eval loss {ev['eval_loss']:.4f} ppl {ev['eval_perplexity']:.2f}")
+        lines.append(f"  step {step}: " + ", ".join(parts))
+        for split in capture_splits(ckpt):
+            m = CaptureReader(ckpt, split).manifest
+            kinds = ", ".join(f"{k} {len(v)}" for k, v in m.tensors.items())
+            first = m.tensors.get("activations", {})
+            shape = next(iter(first.values())).shape if first else None
+            lines.append(
+                f"    capture {split}: {m.batch_size} sequences x {m.seq_len} tokens, positions "
+                f"{m.positions}, {len(m.modules)} modules ({kinds}); activation rows x width "
+                f"{shape} {m.activation_dtype}; loss {m.loss:.4f}"
+            )
+    return "\n".join(lines)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Train pico-decoder language models with learning-dynamics checkpoints."""
+
+
+@main.command()
+@click.argument("run_dir", required=False, type=click.Path(path_type=Path))
+@click.option("--preset", type=click.Choice(sorted(PRESETS)), help="A model preset.")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="A YAML config.")
+@click.option("--set", "overrides", multiple=True, help="Override: section.key=value.")
+@click.option("--all-presets", is_flag=True, help="Describe every preset.")
+def info(run_dir, preset, config_path, overrides, all_presets) -> None:
+    """Describe a preset/config (shape, parameters, FLOPs/token) or a run directory."""
+    try:
+        if run_dir is not None:
+            click.echo(describe_run(RunPaths(run_dir)))
+            return
+        if all_presets:
+            for name, m in PRESETS.items():
+                click.echo(f"preset {name}:\n{describe_model(m, m.max_seq_len)}")
+            return
+        c: RunConfig = load_config(config_path, overrides, preset=preset)
+        click.echo(f"preset {c.preset or '(custom)'}:\n{describe_model(c.model, c.seq_len)}")
+    except (ConfigError, RunFormatError) as err:
+        _fail(str(err))
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="A YAML config.")
+@click.option("--preset", type=click.Choice(sorted(PRESETS)), help="A model preset.")
+@click.option("--set", "overrides", multiple=True, help="Override: section.key=value.")
+@click.option("--force", is_flag=True, help="Resume even if the model or data changed.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+def train(config_path, preset, overrides, force, device) -> None:
+    """Train, or resume the run in the config's run_dir."""
+    from pico_train.data import DataError
+    from pico_train.train import TrainingError
+    from pico_train.train import train as run_training
+
+    try:
+        c = load_config(config_path, overrides, preset=preset)
+        result = run_training(c, force=force, device=None if device == "auto" else device)
+    except (ConfigError, RunFormatError, DataError, TrainingError) as err:
+        _fail(str(err))
+    except RuntimeError as err:
+        if type(err).__name__ == "RunMismatchError":
+            _fail(str(err))
+        raise
+    if result.first_loss is not None:
+        ppl = result.eval.get("eval_perplexity")
+        click.echo(
+            f"done: {result.steps} steps in {result.seconds:.1f}s; training loss "
+            f"{result.first_loss:.4f} -> {result.last_loss:.4f}"
+            + (f"; held-out perplexity {ppl:.2f}" if ppl is not None else "")
+            + f"; run directory {result.run_dir}"
+        )
+    else:
+        click.echo(f"nothing to do: {result.run_dir} already reached step {result.steps}.")
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """A checkpoint folder, or a run directory (its latest checkpoint)."""
+    if (path / "config.json").is_file():
+        return path
+    run = RunPaths(path)
+    step = latest_step(run) if run.latest.is_file() else None
+    if step is None:
+        raise RunFormatError(f"'{path}' is neither a checkpoint folder nor a run with checkpoints.")
+    return run.checkpoint(step).root
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(exists=True, path_type=Path))
+@click.option("--prompt", default="", help="Text to continue.")
+@click.option("--max-new-tokens", default=100, show_default=True)
+@click.option("--temperature", default=0.8, show_default=True, help="0 = greedy.")
+@click.option("--top-p", default=0.95, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--no-cache", is_flag=True, help="Re-encode the whole sequence each step.")
+def generate(checkpoint, prompt, max_new_tokens, temperature, top_p, seed, no_cache) -> None:
+    """Sample text from a checkpoint folder (or a run's latest checkpoint) with a KV cache."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from pico_train.checkpoint import load_model
+
+    try:
+        folder = resolve_checkpoint(checkpoint)
+        model = load_model(folder).eval()
+    except RunFormatError as err:
+        _fail(str(err))
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    ids = tokenizer(prompt)["input_ids"] if prompt else []
+    if not ids:
+        start = (
+            tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        )
+        ids = [start]
+    room = model.config.max_seq_len - len(ids)
+    if room <= 0:
+        _fail(
+            f"the prompt has {len(ids)} tokens; the model's context is {model.config.max_seq_len}."
+        )
+    generator = torch.Generator().manual_seed(seed)
+    out = model.generate(
+        torch.tensor([ids]),
+        min(max_new_tokens, room),
+        temperature=temperature,
+        top_p=top_p,
+        eos_token_id=tokenizer.eos_token_id,
+        generator=generator,
+        use_cache=not no_cache,
+    )
+    click.echo(tokenizer.decode(out[0].tolist(), skip_special_tokens=True))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""Opening a run directory: a new run, or a resume of the same run.
+
+Reads RUN/run.json, RUN/config.yaml and the `latest` pointer through pico_format; writes them for
+a new run. A directory that holds something else, or a run whose model or data differ from the
+config given, is refused with a message saying what differs (unless forced).
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from pathlib import Path
+
+import yaml
+from pico_format import (
+    SCHEMA_VERSION,
+    RunFormatError,
+    RunInfo,
+    RunPaths,
+    clean_temporary,
+    latest_step,
+    read_run_info,
+    write_run_info,
+    write_text_atomic,
+)
+
+from pico_train import __version__
+from pico_train.checkpoint import model_fingerprint
+from pico_train.config import RunConfig
+
+
+class RunMismatchError(RuntimeError):
+    """The run directory belongs to another run (different model or data)."""
+
+
+def code_version() -> str:
+    """Package version plus the git commit of the checkout, when there is one."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{__version__}+{commit}" if commit else __version__
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_differences(old: dict, new: dict, sections=("model", "data")) -> list[str]:
+    """Dot-path keys of `sections` whose values differ, as 'key: old -> new'."""
+    a = _flatten({s: old.get(s, {}) for s in sections})
+    b = _flatten({s: new.get(s, {}) for s in sections})
+    return [
+        f"{k}: {a.get(k)!r} -> {b.get(k)!r}"
+        for k in sorted(set(a) | set(b))
+        if a.get(k) != b.get(k)
+    ]
+
+
+def open_run(
+    run: RunPaths,
+    config: RunConfig,
+    data_fingerprint: str,
+    *,
+    force: bool = False,
+    write: bool = True,
+) -> int | None:
+    """Prepare `run` for `config`; return the step to resume from, or None for a fresh start.
+
+    Only the writing rank passes write=True; the others just read the answer.
+    """
+    new_config = config.to_dict()
+    fingerprint = model_fingerprint(config.model)
+    if run.info.is_file():
+        info = read_run_info(run)
+        old_config = yaml.safe_load(run.config.read_text()) if run.config.is_file() else {}
+        problems = config_differences(old_config or {}, new_config)
+        if info.data_fingerprint != data_fingerprint:
+            problems.append(
+                f"data fingerprint: {info.data_fingerprint} -> {data_fingerprint} "
+                f"(tokenizer or corpus changed)"
+            )
+        if info.model_fingerprint != fingerprint and not problems:
+            problems.append("model shape fingerprint differs")
+        if problems and not force:
+            raise RunMismatchError(
+                f"'{run.root}' holds a run with a different model or data:\n  "
+                + "\n  ".join(problems)
+                + "\nUse another run_dir, or pass --force to resume anyway."
+            )
+        if write:
+            clean_temporary(run)
+            if problems:  # forced: record the new identity
+                info.data_fingerprint, info.model_fingerprint = data_fingerprint, fingerprint
+                write_run_info(run, info)
+            write_text_atomic(run.config, yaml.safe_dump(new_config, sort_keys=False))
+        return latest_step(run)
+    if run.root.exists() and any(run.root.iterdir()):
+        raise RunMismatchError(
+            f"'{run.root}' is not empty and is not a pico run (no {run.info.name}); choose an "
+            f"empty or new run_dir."
+        )
+    if write:
+        run.root.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(run.config, yaml.safe_dump(new_config, sort_keys=False))
+        write_run_info(
+            run,
+            RunInfo(
+                schema_version=SCHEMA_VERSION,
+                code_version=code_version(),
+                data_fingerprint=data_fingerprint,
+                model_fingerprint=fingerprint,
+                extra={"host": socket.gethostname()},
+            ),
+        )
+    return None
+
+
+__all__ = ["RunFormatError", "RunMismatchError", "open_run", "config_differences"]

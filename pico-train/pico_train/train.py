@@ -1,0 +1,291 @@
+"""The training loop.
+
+Reads a RunConfig; writes a run directory (pico_format): config, run identity, the JSON-lines
+log and checkpoints with model files, training state, held-out evaluation and learning-dynamics
+captures. The loop is: fetch the step's global batch, forward/backward over micro-batches, clip,
+step, and "if due: evaluate, capture, save". Everything else lives in its own module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from pico_format import RunPaths, checkpoint_transaction, prune_states, write_json_atomic
+from safetensors.torch import load_file
+from torch.nn.parallel import DistributedDataParallel
+
+from pico_train import distributed
+from pico_train.capture import capture_learning_dynamics, rows_for_capture
+from pico_train.checkpoint import load_training_state, save_model_files, save_training_state
+from pico_train.config import RunConfig, checkpoint_steps
+from pico_train.data import build_data
+from pico_train.evaluate import heldout_loss
+from pico_train.model import PicoDecoder
+from pico_train.monitor import Monitor, truncate_log
+from pico_train.optim import build_optimizer, lr_at
+from pico_train.resume import open_run
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. too many non-finite losses in a row)."""
+
+
+@dataclass
+class Counters:
+    """Everything besides tensors that an exact resume needs (saved in state/trainer.json)."""
+
+    step: int = 0  # optimizer steps taken (= global batches consumed)
+    tokens_seen: int = 0
+    skipped_steps: int = 0  # steps skipped for a non-finite loss or gradient
+    bad_in_row: int = 0
+
+
+@dataclass
+class TrainResult:
+    run_dir: str
+    steps: int
+    first_loss: float | None = None
+    last_loss: float | None = None
+    eval: dict[str, float] = field(default_factory=dict)
+    checkpoints: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def autocast_for(config: RunConfig, device: torch.device):
+    """bf16 autocast on CUDA (or when asked for), plain fp32 otherwise."""
+    precision = config.training.precision
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "bf16":
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _open_run_on_main(
+    run: RunPaths, config: RunConfig, fingerprint: str, force: bool, dist: distributed.Dist
+) -> int | None:
+    """Rank 0 opens the run; every rank learns the resume step (or the error)."""
+    outcome: tuple[str, Any] = ("ok", None)
+    if dist.is_main:
+        try:
+            outcome = ("ok", open_run(run, config, fingerprint, force=force))
+        except Exception as err:  # re-raised on every rank below
+            outcome = ("error", f"{type(err).__name__}: {err}")
+    outcome = dist.broadcast_object(outcome)
+    if outcome[0] == "error":
+        raise TrainingError(outcome[1])
+    return outcome[1]
+
+
+class Trainer:
+    def __init__(self, config: RunConfig, *, force: bool = False, device: str | None = None):
+        self.config = config
+        self.dist = distributed.setup(device)
+        self.run = RunPaths(config.run_dir)
+        seed_everything(config.training.seed)
+        self.data = build_data(config)
+        self.tokenizer = self.data.tokenizer
+        resume_step = _open_run_on_main(self.run, config, self.data.fingerprint, force, self.dist)
+
+        self.model = PicoDecoder(config.model).to(self.dist.device)
+        self.optimizer, self.param_names = build_optimizer(self.model, config.training)
+        self.counters = Counters()
+        self.resumed_from = resume_step
+        if resume_step is not None:
+            self._restore(resume_step)
+        self.autocast = autocast_for(config, self.dist.device)
+        self.ddp = None
+        if self.dist.enabled:
+            ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
+            self.ddp = DistributedDataParallel(self.model, device_ids=ids)
+        forward = self.ddp if self.ddp is not None else self.model
+        self.forward = torch.compile(forward) if config.training.compile else forward
+        self.save_steps = checkpoint_steps(config)
+
+    def _restore(self, step: int) -> None:
+        ckpt = self.run.checkpoint(step)
+        state = load_file(str(ckpt.model_weights), device=str(self.dist.device))
+        self.model.load_state_dict(state)
+        trainer = load_training_state(ckpt, self.optimizer, self.param_names)
+        self.counters = Counters(**trainer["counters"])
+        if self.dist.is_main:
+            truncate_log(self.run.log, step)
+
+    # ------------------------------------------------------------------------------------------
+
+    def train_step(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward/backward over micro-batches of this rank's rows, then clip and step.
+
+        batch: (b, T+1) token ids. Returns the step's mean loss and gradient norm as device
+        tensors (no host sync here); the caller checks them once per step.
+        """
+        t = self.config.training
+        micro = batch.split(t.micro_batch_size)
+        loss_sum = torch.zeros((), device=self.dist.device)
+        for i, chunk in enumerate(micro):
+            chunk = chunk.to(self.dist.device, non_blocking=True)
+            last = i == len(micro) - 1
+            sync = (
+                self.ddp.no_sync()
+                if (self.ddp is not None and not last)
+                else contextlib.nullcontext()
+            )
+            with sync, self.autocast():
+                loss = self.forward(chunk[:, :-1], chunk[:, 1:]) / len(micro)
+            with sync:
+                loss.backward()
+            loss_sum += loss.detach()
+        max_norm = t.grad_clip if t.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        return self.dist.sum(loss_sum) / self.dist.world_size, grad_norm
+
+    def fit(self) -> TrainResult:
+        c, t = self.config, self.config.training
+        n = self.counters
+        monitor = Monitor(c, self.run, n.step, enabled=self.dist.is_main)
+        result = TrainResult(run_dir=str(self.run.root), steps=t.max_steps)
+        began = time.perf_counter()
+        tokens_per_step = t.global_batch_size * c.seq_len
+        try:
+            if n.step == 0 and self.resumed_from is None and 0 in self.save_steps:
+                self.save(0, monitor, result, train_batch=self._batch(0))
+            while n.step < t.max_steps:
+                lr = lr_at(n.step, t)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                batch = self._batch(n.step)
+                tick = time.perf_counter()
+                loss, grad_norm = self.train_step(batch)
+                loss_value, norm_value = loss.item(), grad_norm.item()  # one sync per step
+                if math.isfinite(loss_value) and math.isfinite(norm_value):
+                    self.optimizer.step()
+                    n.bad_in_row = 0
+                else:
+                    n.skipped_steps += 1
+                    n.bad_in_row += 1
+                    monitor.write(
+                        f"step {n.step + 1}: non-finite loss/gradient ({loss_value}, "
+                        f"{norm_value}); step skipped ({n.bad_in_row} in a row)."
+                    )
+                self.optimizer.zero_grad(set_to_none=True)
+                if n.bad_in_row >= t.max_bad_steps:
+                    raise TrainingError(
+                        f"{n.bad_in_row} non-finite losses in a row at step {n.step + 1} "
+                        f"(training.max_bad_steps={t.max_bad_steps}); stopping. The last good "
+                        f"checkpoint is intact in '{self.run.root}'. Lower training.lr or raise "
+                        f"training.warmup_steps."
+                    )
+                n.step += 1
+                n.tokens_seen += tokens_per_step
+                elapsed = time.perf_counter() - tick
+                tokens_per_s = tokens_per_step / max(elapsed, 1e-9)
+                if result.first_loss is None:
+                    result.first_loss = loss_value
+                result.last_loss = loss_value
+                if n.step % c.logging.log_every == 0 or n.step == t.max_steps:
+                    monitor.log(
+                        {
+                            "step": n.step,
+                            "loss": loss_value,
+                            "lr": lr,
+                            "grad_norm": norm_value,
+                            "tokens_per_s": tokens_per_s,
+                            "tokens_seen": n.tokens_seen,
+                            "skipped_steps": n.skipped_steps,
+                        }
+                    )
+                monitor.progress(n.step, loss_value, lr, tokens_per_s)
+                if n.step in self.save_steps:
+                    self.save(n.step, monitor, result, train_batch=batch)
+        finally:
+            monitor.close()
+        result.seconds = time.perf_counter() - began
+        return result
+
+    def _batch(self, step: int) -> torch.Tensor:
+        return self.data.train_batch(
+            step, self.config.training.global_batch_size, self.dist.rank, self.dist.world_size
+        )
+
+    # ------------------------------------------------------------------------------------------
+
+    def save(
+        self, step: int, monitor: Monitor, result: TrainResult, train_batch: torch.Tensor
+    ) -> None:
+        """Evaluate, capture and write checkpoint `step` (all ranks compute, rank 0 writes).
+
+        train_batch: this rank's rows of the global batch that step `step` trained on.
+        """
+        c = self.config
+        scores = {}
+        if c.evaluation.enabled:
+            scores = heldout_loss(
+                self.model,
+                self.data.eval_batch(),
+                c.evaluation.batch_size,
+                self.dist,
+                self.autocast,
+            )
+            monitor.log({"step": step, **scores})
+            monitor.write(
+                f"step {step}: held-out loss {scores['eval_loss']:.4f}, perplexity "
+                f"{scores['eval_perplexity']:.2f}"
+            )
+            result.eval = scores
+        opened = (
+            checkpoint_transaction(self.run, step)
+            if self.dist.is_main
+            else contextlib.nullcontext(None)
+        )
+        with opened as ckpt:
+            if c.capture.enabled:
+                batches = {"train": train_batch, "eval": self.data.eval_batch()}
+                batches = {
+                    s: rows_for_capture(s, batches[s], c.capture.batch_size, self.dist)
+                    for s in c.capture.splits
+                }
+                capture_learning_dynamics(
+                    self.model,
+                    c.capture,
+                    step,
+                    batches,
+                    self.dist,
+                    self.tokenizer,
+                    ckpt,
+                    self.autocast,
+                )
+            if ckpt is not None:
+                save_model_files(ckpt.root, self.model, self.tokenizer)
+                save_training_state(
+                    ckpt,
+                    self.optimizer,
+                    self.param_names,
+                    {"counters": asdict(self.counters), "data_fingerprint": self.data.fingerprint},
+                )
+                write_json_atomic(ckpt.eval, {"step": step, **scores})
+        if self.dist.is_main:
+            prune_states(self.run, c.checkpointing.keep_states)
+        result.checkpoints.append(step)
+        self.dist.barrier()
+
+
+def train(config: RunConfig, *, force: bool = False, device: str | None = None) -> TrainResult:
+    """Train (or resume) the run described by `config`."""
+    trainer = Trainer(config, force=force, device=device)
+    try:
+        return trainer.fit()
+    finally:
+        distributed.teardown()
