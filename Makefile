@@ -25,7 +25,7 @@ test: install
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -q shared/tests pico-train/tests pico-analyze/tests
 
 demo: install
-	$(BIN)/python examples/demo.py
+	OMP_NUM_THREADS=$$(nproc) $(BIN)/python examples/demo.py
 
 lint: install
 	$(BIN)/ruff check shared pico-train pico-analyze examples benchmarks

@@ -181,13 +181,6 @@ class Trainer:
                         f"{norm_value}); step skipped ({n.bad_in_row} in a row)."
                     )
                 self.optimizer.zero_grad(set_to_none=True)
-                if n.bad_in_row >= t.max_bad_steps:
-                    raise TrainingError(
-                        f"{n.bad_in_row} non-finite losses in a row at step {n.step + 1} "
-                        f"(training.max_bad_steps={t.max_bad_steps}); stopping. The last good "
-                        f"checkpoint is intact in '{self.run.root}'. Lower training.lr or raise "
-                        f"training.warmup_steps."
-                    )
                 n.step += 1
                 n.tokens_seen += tokens_per_step
                 elapsed = time.perf_counter() - tick
@@ -208,6 +201,13 @@ class Trainer:
                         }
                     )
                 monitor.progress(n.step, loss_value, lr, tokens_per_s)
+                if n.bad_in_row >= t.max_bad_steps:
+                    raise TrainingError(
+                        f"{n.bad_in_row} non-finite losses in a row at step {n.step} "
+                        f"(training.max_bad_steps={t.max_bad_steps}); stopping. The last good "
+                        f"checkpoint is intact in '{self.run.root}'. Lower training.lr or raise "
+                        f"training.warmup_steps."
+                    )
                 if n.step in self.save_steps:
                     self.save(n.step, monitor, result, train_batch=batch)
         finally:

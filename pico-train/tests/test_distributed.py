@@ -1,0 +1,70 @@
+"""torchrun with 2 CPU processes (gloo) equals one process: losses and captured files."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from pico_format import CaptureReader, RunPaths, list_checkpoints
+from pico_train.monitor import read_log
+from test_train import TINY
+
+SETTINGS = [
+    *TINY,
+    "training.max_steps=4",
+    "checkpointing.every=2",
+    "checkpointing.steps=[]",
+    "capture.batch_size=3",
+]  # 3 rows over 2 ranks: uneven shares on purpose
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _train(run_dir, nproc):
+    args = [a for o in [*SETTINGS, f"run_dir={run_dir}"] for a in ("--set", o)]
+    if nproc == 1:
+        cmd = [sys.executable, "-m", "pico_train.cli", "train", *args]
+    else:
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={nproc}",
+            "--master_addr=127.0.0.1",
+            f"--master_port={_free_port()}",
+            "-m",
+            "pico_train.cli",
+            "train",
+            *args,
+        ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+@pytest.mark.xdist_group("distributed")
+def test_two_gloo_ranks_match_one_process(tmp_path):
+    _train(tmp_path / "one", 1)
+    _train(tmp_path / "two", 2)
+    one, two = RunPaths(tmp_path / "one"), RunPaths(tmp_path / "two")
+    loss = lambda run: [r["loss"] for r in read_log(run.log) if "loss" in r]
+    assert len(loss(one)) == 4
+    torch.testing.assert_close(
+        torch.tensor(loss(two)), torch.tensor(loss(one)), rtol=1e-5, atol=1e-6
+    )
+    assert list_checkpoints(one) == list_checkpoints(two) == [2, 4]
+    for split in ("train", "eval"):
+        a, b = CaptureReader(one.checkpoint(4), split), CaptureReader(two.checkpoint(4), split)
+        assert a.manifest.token_ids == b.manifest.token_ids  # same rows, same order
+        assert a.manifest.modules == b.manifest.modules
+        for kind in ("activations", "weights", "gradients"):
+            for module in a.modules(kind):
+                torch.testing.assert_close(
+                    b.get(kind, module), a.get(kind, module), rtol=1e-4, atol=1e-6
+                )

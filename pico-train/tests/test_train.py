@@ -1,0 +1,233 @@
+"""The training loop end to end on CPU: resume exactness, capture neutrality, failure handling."""
+
+import errno
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from pico_format import RunFormatError, RunPaths, latest_step, list_checkpoints
+from pico_train.config import load_config
+from pico_train.monitor import read_log
+from pico_train.train import TrainingError, train
+from safetensors.torch import load_file
+
+# A model small enough that a step takes milliseconds; the data settings are shared by every
+# test so the tokenizer is trained once per session (cached under PICO_CACHE).
+TINY = [
+    "preset=demo",
+    "model.d_model=32",
+    "model.n_layers=2",
+    "model.n_heads=4",
+    "model.n_kv_heads=2",
+    "model.mlp_hidden=64",
+    "model.vocab_size=512",
+    "model.max_seq_len=32",
+    "data.tokenizer_vocab_size=300",
+    "data.eval_sequences=4",
+    "data.seq_len=32",
+    "training.global_batch_size=4",
+    "training.micro_batch_size=2",
+    "training.lr=3e-3",
+    "training.warmup_steps=2",
+    "training.max_steps=12",
+    "checkpointing.every=3",
+    "checkpointing.steps=[0,1]",
+    "checkpointing.keep_states=2",
+    "evaluation.batch_size=4",
+    "capture.batch_size=4",
+    "capture.micro_batch_size=2",
+    "logging.progress=false",
+]
+
+
+def tiny_config(run_dir, *extra):
+    return load_config(overrides=[*TINY, f"run_dir={run_dir}", *extra])
+
+
+def losses(run_dir) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_log(RunPaths(run_dir).log) if "loss" in r}
+
+
+def final_weights(run_dir):
+    run = RunPaths(run_dir)
+    return load_file(str(run.checkpoint(latest_step(run)).model_weights))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted run, in a subprocess like the interrupted ones."""
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    _cli(run_dir)
+    return run_dir
+
+
+def _env():
+    return {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+# A wrapper that runs the real CLI but SIGKILLs its own process at one precise moment.
+KILLER = textwrap.dedent("""
+    import os, signal, sys
+    point, arg = sys.argv[1], int(sys.argv[2])
+    sys.argv = ["pico-train", *sys.argv[3:]]
+    import pico_train.train as train_mod
+    import pico_format.run as run_mod
+    die = lambda: os.kill(os.getpid(), signal.SIGKILL)
+    calls = {"n": 0}
+    if point == "mid_checkpoint":  # after the model files, before the state and the rename
+        real = train_mod.save_training_state
+        def patched(*a, **k):
+            calls["n"] += 1
+            if calls["n"] == arg:
+                die()
+            return real(*a, **k)
+        train_mod.save_training_state = patched
+    elif point == "after_step":  # between checkpoints, right after logging step `arg`
+        real = train_mod.Monitor.log
+        def patched(self, record):
+            real(self, record)
+            if record.get("step") == arg and "loss" in record:
+                die()
+        train_mod.Monitor.log = patched
+    elif point == "before_pointer":  # checkpoint renamed into place, latest.json not updated
+        real = run_mod.write_json_atomic
+        def patched(path, obj):
+            if str(path).endswith("latest.json"):
+                calls["n"] += 1
+                if calls["n"] == arg:
+                    die()
+            return real(path, obj)
+        run_mod.write_json_atomic = patched
+    from pico_train.cli import main
+    main()
+""")
+
+
+def _cli(run_dir, *extra, kill=None, check=True):
+    args = ["train", *[a for o in [*TINY, f"run_dir={run_dir}", *extra] for a in ("--set", o)]]
+    if kill is None:
+        cmd = [sys.executable, "-m", "pico_train.cli", *args]
+    else:
+        script = Path(run_dir).parent / "killer.py"
+        script.write_text(KILLER)
+        cmd = [sys.executable, str(script), kill[0], str(kill[1]), *args]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    if check and kill is None:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_sigkill_at_several_points_then_resume_is_bit_exact(reference, tmp_path):
+    run_dir = tmp_path / "run"
+    points = [("after_step", 2), ("mid_checkpoint", 2), ("before_pointer", 2), ("after_step", 10)]
+    for point in points:
+        proc = _cli(run_dir, kill=point)
+        assert proc.returncode == -9, (point, proc.stderr[-2000:])
+    _cli(run_dir)
+    expected = losses(reference)
+    assert len(expected) == 12
+    assert losses(run_dir) == expected  # float equality: bit for bit
+    ref_w, got_w = final_weights(reference), final_weights(run_dir)
+    assert all(torch.equal(ref_w[k], got_w[k]) for k in ref_w)
+    assert list_checkpoints(RunPaths(run_dir)) == list_checkpoints(RunPaths(reference))
+
+
+def test_rerun_of_finished_run_does_nothing(reference):
+    proc = _cli(reference)
+    assert "already reached step 12" in proc.stdout
+
+
+def test_resume_with_different_model_is_refused(reference):
+    proc = _cli(reference, "model.d_model=64", check=False)
+    assert proc.returncode != 0
+    assert "model.d_model: 32 -> 64" in proc.stderr
+
+
+def test_run_layout_and_contents(reference):
+    run = RunPaths(reference)
+    assert list_checkpoints(run) == [0, 1, 3, 6, 9, 12]
+    with_state = [s for s in list_checkpoints(run) if run.checkpoint(s).trainer.is_file()]
+    assert with_state == [9, 12]  # keep_states=2
+    ckpt = run.checkpoint(12)
+    for name in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json"):
+        assert (ckpt.root / name).is_file(), name
+    ev = json.loads(ckpt.eval.read_text())
+    assert ev["eval_tokens"] == 4 * 32 and ev["eval_perplexity"] > 1
+    log = read_log(run.log)
+    step_records = [r for r in log if "loss" in r]
+    assert {"lr", "grad_norm", "tokens_per_s", "tokens_seen"} <= set(step_records[0])
+    assert step_records[-1]["tokens_seen"] == 12 * 4 * 32
+    assert any("eval_loss" in r for r in log)
+    assert run.config.is_file() and run.info.is_file()
+
+
+def test_capture_does_not_change_training(tmp_path):
+    on = train(tiny_config(tmp_path / "on", "training.max_steps=4", "checkpointing.every=2"))
+    off = train(
+        tiny_config(
+            tmp_path / "off",
+            "training.max_steps=4",
+            "checkpointing.every=2",
+            "capture.enabled=false",
+        )
+    )
+    assert losses(on.run_dir) == losses(off.run_dir)
+    a, b = final_weights(on.run_dir), final_weights(off.run_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_nonfinite_losses_stop_with_last_checkpoint_intact(tmp_path, monkeypatch):
+    from pico_train.model import PicoDecoder
+
+    real = PicoDecoder.forward
+    calls = {"n": 0}
+
+    def poisoned(self, input_ids, targets=None, cache=None):
+        out = real(self, input_ids, targets, cache)
+        if targets is not None and self.training:
+            calls["n"] += 1
+            if calls["n"] > 6:  # steps 1-3 (two micro-batches each) are fine
+                return out * float("nan")
+        return out
+
+    monkeypatch.setattr(PicoDecoder, "forward", poisoned)
+    config = tiny_config(tmp_path / "run", "training.max_bad_steps=3", "capture.enabled=false")
+    with pytest.raises(TrainingError, match="3 non-finite losses in a row"):
+        train(config)
+    run = RunPaths(config.run_dir)
+    assert latest_step(run) == 3
+    log = read_log(run.log)
+    assert [r["skipped_steps"] for r in log if "loss" in r] == [0, 0, 0, 1, 2, 3]
+
+
+def test_full_disk_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    import pico_train.train as train_mod
+
+    real = train_mod.save_model_files
+    calls = {"n": 0}
+
+    def full_disk(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*a, **k)
+
+    monkeypatch.setattr(train_mod, "save_model_files", full_disk)
+    config = tiny_config(tmp_path / "run", "capture.enabled=false")
+    with pytest.raises(RunFormatError, match="Disk full"):
+        train(config)
+    run = RunPaths(config.run_dir)
+    assert latest_step(run) == 1 and list_checkpoints(run) == [0, 1]
+    assert not any(p.name.startswith(".tmp-") for p in run.checkpoints.iterdir())
+
+
+def test_foreign_directory_is_refused(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    with pytest.raises(TrainingError, match="not a pico run"):
+        train(tiny_config(tmp_path / "run"))
