@@ -51,7 +51,7 @@ def test_rows_belong_to_their_sequences(setup):
     for i in range(6):  # recompute sequence i alone: its last position is row i
         seen = {}
         h = model.model.layers[1].self_attn.v_proj.register_forward_hook(
-            lambda m, a, out: seen.setdefault("v", out)
+            lambda m, a, out, seen=seen: seen.setdefault("v", out)
         )
         with torch.no_grad():
             model(rows[i : i + 1, :-1])
