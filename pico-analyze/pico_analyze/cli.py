@@ -1,0 +1,152 @@
+"""The ``pico-analyze`` command: run, compare, metrics.
+
+Reads command-line arguments (run directories or Hub repo ids, an optional analysis YAML) and
+writes what :mod:`pico_analyze.analyze` writes, then prints where the results are and a short
+summary. Errors in the config or the run are printed as one message (exit status 1).
+
+    pico-analyze run RUN_DIR [--config analysis.yaml] [--out DIR] [--device auto|cpu|cuda]
+                             [--workers N] [--force-train-split] [--revision REV]
+    pico-analyze compare RUN_A RUN_B ... [--config analysis.yaml] [--out DIR] ...
+    pico-analyze metrics
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+from pico_format import RunFormatError
+
+from pico_analyze.config import ConfigError
+from pico_analyze.load import SourceError
+
+_COMMON = [
+    click.option(
+        "--config",
+        "config",
+        type=click.Path(exists=True, dir_okay=False),
+        help="Analysis YAML (default: the default analysis).",
+    ),
+    click.option(
+        "--device",
+        default=None,
+        help="auto (GPU when present), cpu, cuda, cuda:N. Default: the config's (auto).",
+    ),
+    click.option(
+        "--workers",
+        type=int,
+        default=None,
+        help="Worker processes over checkpoints (default: chosen from cores/steps).",
+    ),
+    click.option(
+        "--force-train-split",
+        is_flag=True,
+        help="Allow comparing train captures of different batches (across steps).",
+    ),
+    click.option("--no-progress", is_flag=True, help="No progress bar."),
+]
+
+
+def _common(f):
+    for option in reversed(_COMMON):
+        f = option(f)
+    return f
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="pico-analyze: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _fail(err: Exception):
+    raise click.ClickException(str(err)) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log progress details.")
+def main(verbose: bool) -> None:
+    """Learning-dynamics analysis of Pico runs (and original pico-train runs)."""
+    _setup_logging(verbose)
+
+
+@main.command()
+@click.argument("run_dir")
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Output folder (default: RUN_DIR/analysis).",
+)
+@click.option("--revision", default=None, help="Hub branch/commit when RUN_DIR is a repo id.")
+@_common
+def run(run_dir, out, revision, config, device, workers, force_train_split, no_progress):
+    """Analyse every checkpoint of RUN_DIR: a run directory, an original pico-train run, or a
+    Hugging Face repo id (hf://owner/name[@branch])."""
+    from pico_analyze.analyze import analyze_run
+
+    try:
+        result = analyze_run(
+            run_dir,
+            config,
+            out,
+            device=device,
+            workers=workers,
+            force_train_split=force_train_split,
+            progress=False if no_progress else None,
+            revision=revision,
+        )
+    except (ConfigError, SourceError, RunFormatError, ValueError) as err:
+        _fail(err)
+    click.echo(result.summary())
+
+
+@main.command()
+@click.argument("runs", nargs=-1, required=True)
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Output folder (default: ./analysis-compare).",
+)
+@_common
+def compare(runs, out, config, device, workers, force_train_split, no_progress):
+    """Compare RUNS step by step: metric curves overlaid, and similarity of their activations
+    on the shared eval batch (CKA works across widths)."""
+    from pico_analyze.analyze import compare_runs
+
+    if len(runs) < 2:
+        _fail(ValueError("compare needs at least two runs."))
+    try:
+        result = compare_runs(
+            list(runs),
+            config,
+            out,
+            device=device,
+            workers=workers,
+            force_train_split=force_train_split,
+            progress=False if no_progress else None,
+        )
+    except (ConfigError, SourceError, RunFormatError, ValueError) as err:
+        _fail(err)
+    click.echo(result.summary())
+
+
+@main.command()
+def metrics():
+    """List the registered metrics."""
+    from pico_analyze.metrics import get_metric, list_metrics
+
+    for name in list_metrics():
+        spec = get_metric(name)
+        kind = "comparative" if spec.comparative else "single"
+        click.echo(f"{name:<30} {kind:<12} {','.join(spec.kinds):<32} {spec.description}")
+
+
+if __name__ == "__main__":
+    main()

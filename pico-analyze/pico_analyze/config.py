@@ -1,0 +1,469 @@
+"""The analysis configuration: YAML -> typed dataclasses, checked before any work.
+
+Reads an ``analysis.yaml`` (or a dict; or nothing, for the default analysis) and writes a
+validated :class:`AnalysisConfig`. Unknown keys, metrics, settings and component names are
+errors that name the key and the nearest valid one. Example::
+
+    steps: {start: 0, stop: 1000, every: 200}   # or a list [0, 500, 1000]; default: all
+    layers: [0, 3]                               # default: all
+    splits: [eval]                               # for activations and gradients
+    target_step: last                            # comparative metrics: last | first | previous | N
+    components:
+      v_act: {type: simple, kind: activations, module: self_attn.v_proj}
+      ov_w: {type: ov_circuit, kind: weights, heads: both}
+    metrics:
+      - {metric: cka, components: [v_act]}                       # label cka@last
+      - {metric: cka, components: [v_act], settings: {debiased: false}}  # cka[debiased=False]@last
+      - {metric: effective_rank, components: [ov_w, {type: simple, kind: weights,
+                                                       module: mlp.down_proj}]}
+    compare:                                     # `pico-analyze compare`: across runs
+      metrics: [{metric: cka, components: [v_act]}]
+
+Each metric entry has a label (``name``, default derived from metric, settings and target), so two
+entries of one metric with different settings never overwrite each other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pico_analyze.components import ComponentSpec
+from pico_analyze.load import DEFAULT_SUFFIXES
+from pico_analyze.metrics import get_metric, list_metrics
+from pico_analyze.metrics.registry import UnknownMetricError
+from pico_analyze.sources.original import SUFFIXES as ORIGINAL_SUFFIXES
+
+SPLIT_ALIASES = {"val": "eval", "validation": "eval"}
+TARGETS = ("last", "first", "previous")
+
+
+class ConfigError(ValueError):
+    """An analysis configuration that cannot run: names the key and the fix."""
+
+
+@dataclass
+class StepRange:
+    """Checkpoints with start <= step <= stop and (step - start) % every == 0."""
+
+    start: int = 0
+    stop: int | None = None
+    every: int = 1
+
+    def select(self, steps: list[int]) -> list[int]:
+        return [
+            s
+            for s in steps
+            if s >= self.start
+            and (self.stop is None or s <= self.stop)
+            and (s - self.start) % self.every == 0
+        ]
+
+
+@dataclass
+class MetricEntry:
+    """One metric applied to some components; `label` names its rows and plots."""
+
+    metric: str
+    name: str | None = None
+    components: list[ComponentSpec] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+    splits: list[str] | None = None  # None: the config's splits
+    layers: list[int] | None = None  # None: the config's layers
+    target: str | int | None = None  # comparative: last | first | previous | step
+
+    @property
+    def comparative(self) -> bool:
+        return get_metric(self.metric).comparative
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        text = self.metric
+        if self.settings:
+            text += "[" + ",".join(f"{k}={v}" for k, v in sorted(self.settings.items())) + "]"
+        if self.target is not None and self.comparative:
+            text += f"@{self.target}"
+        return text
+
+
+@dataclass
+class CompareConfig:
+    """Cross-run comparisons (`pico-analyze compare`): metric(run A, run B) at each shared step."""
+
+    metrics: list[MetricEntry] = field(default_factory=list)
+    reference: str | None = None  # the run every other run is compared with; default the first
+
+
+@dataclass
+class WandbConfig:
+    enabled: bool = False
+    project: str = "pico-analyze"
+    entity: str | None = None
+    name: str | None = None
+
+
+@dataclass
+class AnalysisConfig:
+    steps: list[int] | StepRange | None = None  # None: every checkpoint
+    layers: list[int] | None = None  # None: every layer
+    splits: list[str] = field(default_factory=lambda: ["eval"])
+    target_step: str | int = "last"
+    components: dict[str, ComponentSpec] = field(default_factory=dict)
+    metrics: list[MetricEntry] = field(default_factory=list)
+    compare: CompareConfig = field(default_factory=CompareConfig)
+    force_train_split: bool = False  # allow comparing train captures of different batches
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    workers: int | None = None  # None: chosen from the CPU count and the number of checkpoints
+    plots: bool = True
+    progress: bool = True
+    share_singular_values: bool = True  # one SVD per matrix for all spectral metrics
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+    def select_steps(self, steps: list[int]) -> list[int]:
+        if self.steps is None:
+            return list(steps)
+        if isinstance(self.steps, StepRange):
+            return self.steps.select(steps)
+        return [s for s in steps if s in set(self.steps)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Parsing
+# ----------------------------------------------------------------------------------------------
+
+
+def _nearest(key: str, options: list[str]) -> str:
+    match = difflib.get_close_matches(str(key), options, n=1, cutoff=0.5)
+    return f" Did you mean '{match[0]}'?" if match else f" Valid keys: {', '.join(options)}."
+
+
+def _check_keys(raw: Any, cls: type, path: str) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping, got {raw!r}.")
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            raise ConfigError(f"{path}: unknown key '{key}'.{_nearest(key, names)}")
+    return raw
+
+
+def _int(value: Any, path: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{path}: expected an integer, got {value!r}.")
+    return value
+
+
+def _int_list(value: Any, path: str) -> list[int] | None:
+    if value is None or value == "all":
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, list):
+        raise ConfigError(f"{path}: expected a list of integers or 'all', got {value!r}.")
+    return [_int(v, f"{path}[{i}]") for i, v in enumerate(value)]
+
+
+def _splits(value: Any, path: str) -> list[str] | None:
+    if value is None:
+        return None
+    value = [value] if isinstance(value, str) else value
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{path}: expected a list of split names (train, eval), got {value!r}.")
+    return [SPLIT_ALIASES.get(v, v) for v in value]
+
+
+def _target(value: Any, path: str) -> str | int | None:
+    if value is None or value in TARGETS:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise ConfigError(f"{path}: expected one of {TARGETS} or a step number, got {value!r}.")
+
+
+def _bool(value: Any, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{path}: expected true or false, got {value!r}.")
+    return value
+
+
+def normalize_module(module: str) -> str:
+    """Accept the original pico-train suffixes (attention.v_proj, swiglu.w_2) as ours."""
+    return ORIGINAL_SUFFIXES.get(module, module)
+
+
+def _component(raw: Any, path: str) -> ComponentSpec:
+    raw = dict(_check_keys(raw, ComponentSpec, path))
+    if raw.get("module") is not None:
+        raw["module"] = normalize_module(str(raw["module"]))
+    spec = ComponentSpec(**raw)
+    problem = spec.validate()
+    if problem:
+        raise ConfigError(f"{path}: {problem}.")
+    return spec
+
+
+def _settings_of(metric: str) -> list[str]:
+    """Keyword settings a metric function accepts (beyond its tensor arguments)."""
+    spec = get_metric(metric)
+    params = list(inspect.signature(spec.fn).parameters.values())
+    skip = 2 if spec.comparative else 1
+    return [p.name for p in params[skip:] if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def _entry(raw: Any, path: str, components: dict[str, ComponentSpec]) -> MetricEntry:
+    raw = _check_keys(raw, MetricEntry, path)
+    if "metric" not in raw:
+        raise ConfigError(f"{path}: missing `metric` (one of {', '.join(list_metrics())}).")
+    try:
+        spec = get_metric(raw["metric"])
+    except UnknownMetricError as err:
+        raise ConfigError(f"{path}.metric: {err}") from None
+    settings = raw.get("settings") or {}
+    if not isinstance(settings, dict):
+        raise ConfigError(f"{path}.settings: expected a mapping, got {settings!r}.")
+    valid = _settings_of(spec.name)
+    for key in settings:
+        if key not in valid:
+            hint = _nearest(key, valid) if valid else " It takes no settings."
+            raise ConfigError(f"{path}.settings: '{key}' is not a setting of {spec.name}.{hint}")
+    comps = raw.get("components")
+    if comps is None:
+        raise ConfigError(
+            f"{path}: missing `components` (names from `components:` or inline "
+            f"mappings such as {{type: simple, kind: weights, module: "
+            f"mlp.down_proj}})."
+        )
+    comps = [comps] if isinstance(comps, (str, dict)) else comps
+    if not isinstance(comps, list):
+        raise ConfigError(f"{path}.components: expected a list, got {comps!r}.")
+    resolved = []
+    for i, c in enumerate(comps):
+        where = f"{path}.components[{i}]"
+        if isinstance(c, str):
+            if c not in components:
+                raise ConfigError(
+                    f"{where}: no component named '{c}'.{_nearest(c, list(components))}"
+                )
+            c = components[c]
+        else:
+            c = _component(c, where)
+        if c.kind not in spec.kinds:
+            raise ConfigError(
+                f"{where}: {spec.name} measures {', '.join(spec.kinds)}, not {c.kind}."
+            )
+        resolved.append(c)
+    name = raw.get("name")
+    if name is not None and not isinstance(name, str):
+        raise ConfigError(f"{path}.name: expected a string, got {name!r}.")
+    return MetricEntry(
+        metric=spec.name,
+        name=name,
+        components=resolved,
+        settings=dict(settings),
+        splits=_splits(raw.get("splits"), f"{path}.splits"),
+        layers=_int_list(raw.get("layers"), f"{path}.layers"),
+        target=_target(raw.get("target"), f"{path}.target"),
+    )
+
+
+def _entries(raw: Any, path: str, components: dict[str, ComponentSpec]) -> list[MetricEntry]:
+    if not isinstance(raw, list):
+        raise ConfigError(f"{path}: expected a list of metric entries, got {raw!r}.")
+    return [_entry(r, f"{path}[{i}]", components) for i, r in enumerate(raw)]
+
+
+def config_from_dict(
+    raw: dict[str, Any] | None, captured: list[str] | None = None
+) -> AnalysisConfig:
+    """Build and validate a config; missing `metrics` means the default analysis."""
+    raw = _check_keys(raw or {}, AnalysisConfig, "config")
+    cfg = AnalysisConfig()
+    if "steps" in raw:
+        steps = raw["steps"]
+        if isinstance(steps, dict):
+            r = _check_keys(steps, StepRange, "steps")
+            cfg.steps = StepRange(
+                **{k: _int(v, f"steps.{k}") if v is not None else None for k, v in r.items()}
+            )
+            if cfg.steps.every < 1:
+                raise ConfigError("steps.every: must be at least 1.")
+        else:
+            cfg.steps = _int_list(steps, "steps")
+    cfg.layers = _int_list(raw.get("layers"), "layers")
+    cfg.splits = _splits(raw.get("splits"), "splits") or cfg.splits
+    cfg.target_step = _target(raw.get("target_step", cfg.target_step), "target_step")
+    for key in ("force_train_split", "plots", "progress", "share_singular_values"):
+        if key in raw:
+            setattr(cfg, key, _bool(raw[key], key))
+    if "device" in raw:
+        cfg.device = str(raw["device"])
+    if raw.get("workers") is not None:
+        cfg.workers = _int(raw["workers"], "workers")
+    if "wandb" in raw:
+        cfg.wandb = WandbConfig(**_check_keys(raw["wandb"], WandbConfig, "wandb"))
+    comps = raw.get("components") or {}
+    if not isinstance(comps, dict):
+        raise ConfigError(f"components: expected a mapping of name -> component, got {comps!r}.")
+    cfg.components = {str(k): _component(v, f"components.{k}") for k, v in comps.items()}
+    if "metrics" in raw:
+        cfg.metrics = _entries(raw["metrics"], "metrics", cfg.components)
+    else:
+        cfg.metrics = default_metrics(captured)
+    compare = _check_keys(raw.get("compare") or {}, CompareConfig, "compare")
+    cfg.compare = CompareConfig(
+        metrics=(
+            _entries(compare["metrics"], "compare.metrics", cfg.components)
+            if "metrics" in compare
+            else default_compare_metrics(captured)
+        ),
+        reference=compare.get("reference"),
+    )
+    for i, e in enumerate(cfg.compare.metrics):
+        if not e.comparative:
+            raise ConfigError(
+                f"compare.metrics[{i}]: {e.metric} is not comparative; cross-run "
+                f"comparisons need a metric of two inputs (e.g. cka)."
+            )
+    validate(cfg)
+    return cfg
+
+
+def load_config(
+    source: str | Path | dict | AnalysisConfig | None, captured: list[str] | None = None
+) -> AnalysisConfig:
+    """A config from a YAML path, a dict, an AnalysisConfig (returned as is) or None (default)."""
+    if isinstance(source, AnalysisConfig):
+        validate(source)
+        return source
+    if source is None or isinstance(source, dict):
+        return config_from_dict(source, captured)
+    path = Path(source)
+    if not path.is_file():
+        raise ConfigError(f"Config file '{path}' does not exist.")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    try:
+        return config_from_dict(raw, captured)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def validate(cfg: AnalysisConfig) -> None:
+    """Whole-config checks: targets, the train-split guard, label collisions."""
+    seen: dict[str, tuple[int, set[str]]] = {}
+    for i, e in enumerate(cfg.metrics):
+        if e.comparative and e.target is None:
+            e.target = cfg.target_step
+        splits = e.splits or cfg.splits
+        crosses_steps = e.comparative and any(c.split_dependent for c in e.components)
+        if crosses_steps and "train" in splits and not cfg.force_train_split:
+            raise ConfigError(
+                f"metrics[{i}] ({e.label}) compares the 'train' split across steps, but the "
+                f"train capture is a different batch at every step, so the comparison measures "
+                f"the data change as much as the model change. Use splits: [eval] (the same "
+                f"held-out batch at every step), or force it with force_train_split: true "
+                f"(--force-train-split)."
+            )
+        keys = {c.key for c in e.components}
+        if e.label in seen and seen[e.label][1] & keys:
+            raise ConfigError(
+                f"metrics[{seen[e.label][0]}] and metrics[{i}] both write '{e.label}' for "
+                f"{', '.join(sorted(seen[e.label][1] & keys))}; give one of them a `name`."
+            )
+        first, prev = seen.get(e.label, (i, set()))
+        seen[e.label] = (first, prev | keys)
+
+
+# ----------------------------------------------------------------------------------------------
+# The default analysis
+# ----------------------------------------------------------------------------------------------
+
+
+def _simple(kind: str, suffixes: list[str]) -> list[ComponentSpec]:
+    return [ComponentSpec("simple", kind, s) for s in suffixes]
+
+
+def default_metrics(captured: list[str] | None = None) -> list[MetricEntry]:
+    """The analysis `pico-analyze run` does with no config (see the README of pico-analyze).
+
+    Eval-split activations of each captured module: CKA against the final checkpoint, effective
+    rank and proportional effective rank. Weights: effective rank, condition number, Gini, Hoyer,
+    Frobenius and spectral norms, relative change since the previous checkpoint. Gradients
+    (train and eval): Frobenius norm; eval gradients: cosine similarity with the previous
+    checkpoint's. OV circuit weights per head: effective rank and Frobenius norm.
+    """
+    suffixes = [s for s in DEFAULT_SUFFIXES if captured is None or s in captured] or list(
+        DEFAULT_SUFFIXES
+    )
+    acts, weights, grads = (_simple(k, suffixes) for k in ("activations", "weights", "gradients"))
+    ov = [ComponentSpec("ov_circuit", "weights", heads="per_head")]
+    eval_only, both = ["eval"], ["train", "eval"]
+    plan = [
+        ("cka", acts, eval_only, "last"),
+        ("effective_rank", acts + weights + ov, eval_only, None),
+        ("proportional_effective_rank", acts, eval_only, None),
+        ("condition_number", weights, None, None),
+        ("gini", weights, None, None),
+        ("hoyer", weights, None, None),
+        ("frobenius_norm", weights + grads + ov, both, None),
+        ("spectral_norm", weights, None, None),
+        ("relative_weight_change", weights, None, "previous"),
+        ("gradient_cosine_similarity", grads, eval_only, "previous"),
+    ]
+    registered = set(list_metrics())
+    return [
+        MetricEntry(metric=m, components=c, splits=s, target=t)
+        for m, c, s, t in plan
+        if m in registered
+    ]
+
+
+def default_compare_metrics(captured: list[str] | None = None) -> list[MetricEntry]:
+    """Cross-run default: debiased CKA of each captured module's eval activations."""
+    suffixes = [s for s in DEFAULT_SUFFIXES if captured is None or s in captured] or list(
+        DEFAULT_SUFFIXES
+    )
+    return [
+        MetricEntry(
+            metric="cka", components=_simple("activations", suffixes), splits=["eval"], target=None
+        )
+    ]
+
+
+def config_to_dict(cfg: AnalysisConfig) -> dict[str, Any]:
+    """Plain data for writing the resolved config beside the results."""
+
+    def entry(e: MetricEntry) -> dict[str, Any]:
+        return {
+            "metric": e.metric,
+            "name": e.label,
+            "settings": e.settings,
+            "components": [dataclasses.asdict(c) for c in e.components],
+            "splits": e.splits,
+            "layers": e.layers,
+            "target": e.target,
+        }
+
+    steps = dataclasses.asdict(cfg.steps) if isinstance(cfg.steps, StepRange) else cfg.steps
+    return {
+        "steps": steps,
+        "layers": cfg.layers,
+        "splits": cfg.splits,
+        "target_step": cfg.target_step,
+        "force_train_split": cfg.force_train_split,
+        "metrics": [entry(e) for e in cfg.metrics],
+        "compare": {
+            "metrics": [entry(e) for e in cfg.compare.metrics],
+            "reference": cfg.compare.reference,
+        },
+    }
