@@ -32,7 +32,9 @@ lint: install
 	$(BIN)/ruff format --check shared pico-train pico-analyze examples benchmarks
 
 bench: install
-	$(BIN)/python benchmarks/bench_demo.py
+	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_capture.py
+	$(BIN)/python benchmarks/bench_analyze.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -1,0 +1,92 @@
+"""CUDA code paths: bf16 autocast training, fused AdamW, compile, capture on the device.
+
+Skipped where there is no GPU (CI); run on the lent GPU machine.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from pico_format import CaptureReader, RunPaths, checkpoint_transaction, latest_step
+from pico_train.capture import capture_learning_dynamics
+from pico_train.config import CaptureConfig, ModelConfig
+from pico_train.distributed import Dist
+from pico_train.model import PicoDecoder
+from pico_train.monitor import read_log
+from pico_train.train import train
+from test_train import tiny_config
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+CFG = ModelConfig(
+    d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, mlp_hidden=128, vocab_size=128, max_seq_len=64
+)
+
+
+def test_training_on_cuda_bf16_compiled(tmp_path):
+    result = train(
+        tiny_config(
+            tmp_path / "run",
+            "training.compile=true",
+            "training.max_steps=6",
+            "checkpointing.every=3",
+        )
+    )
+    run = RunPaths(result.run_dir)
+    losses = [r["loss"] for r in read_log(run.log) if "loss" in r]
+    assert len(losses) == 6 and all(torch.isfinite(torch.tensor(losses)))
+    manifest = CaptureReader(run.checkpoint(latest_step(run)), "eval").manifest
+    assert manifest.activation_dtype == "bfloat16"
+    assert all(i.dtype == "float32" for i in manifest.tensors["gradients"].values())
+
+
+def test_cuda_logits_match_cpu():
+    torch.manual_seed(0)
+    model = PicoDecoder(CFG)
+    x = torch.randint(0, 128, (2, 40))
+    cpu = model(x)
+    gpu = model.cuda()(x.cuda()).cpu()
+    torch.testing.assert_close(gpu, cpu, atol=1e-4, rtol=1e-4)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        bf16 = model(x.cuda()).float().cpu()
+    assert (bf16 - cpu).abs().max() < 0.1
+
+
+def test_flash_gqa_kernel_matches_math():
+    torch.manual_seed(0)
+    q = torch.randn(2, 8, 128, 64, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(2, 2, 128, 64, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn(2, 2, 128, 64, device="cuda", dtype=torch.bfloat16)
+    fast = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    ref = F.scaled_dot_product_attention(
+        q.float(),
+        k.repeat_interleave(4, 1).float(),
+        v.repeat_interleave(4, 1).float(),
+        is_causal=True,
+    )
+    torch.testing.assert_close(fast.float(), ref, atol=2e-2, rtol=2e-2)
+
+
+def test_capture_on_cuda_matches_cpu(tmp_path):
+    torch.manual_seed(0)
+    model = PicoDecoder(CFG)
+    rows = torch.randint(0, 128, (8, 33))
+    cfg = CaptureConfig(batch_size=8, micro_batch_size=4, activation_dtype="fp32")
+    out = {}
+    for device in ("cpu", "cuda"):
+        model = model.to(device)
+        run = RunPaths(tmp_path / device)
+        with checkpoint_transaction(run, 0) as ckpt:
+            capture_learning_dynamics(
+                model,
+                cfg,
+                0,
+                {"train": rows.to(device), "eval": rows.to(device)},
+                Dist(device=torch.device(device)),
+                None,
+                ckpt,
+            )
+        out[device] = CaptureReader(run.checkpoint(0), "eval")
+    for kind in ("activations", "weights", "gradients"):
+        for m in out["cpu"].modules(kind):
+            torch.testing.assert_close(
+                out["cuda"].get(kind, m), out["cpu"].get(kind, m), atol=1e-4, rtol=1e-3
+            )
