@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from pico_format import RunFormatError, RunPaths, latest_step, list_checkpoints
+from pico_format import RunFormatError, RunPaths, capture_splits, latest_step, list_checkpoints
 from pico_train.config import load_config
 from pico_train.monitor import read_log
 from pico_train.train import TrainingError, train
@@ -164,6 +164,8 @@ def test_run_layout_and_contents(reference):
     assert step_records[-1]["tokens_seen"] == 12 * 4 * 32
     assert any("eval_loss" in r for r in log)
     assert run.config.is_file() and run.info.is_file()
+    for step in list_checkpoints(run):  # both splits at every checkpoint, the last included
+        assert capture_splits(run.checkpoint(step)) == ["eval", "train"]
 
 
 def test_capture_does_not_change_training(tmp_path):
@@ -231,3 +233,23 @@ def test_foreign_directory_is_refused(tmp_path):
     (tmp_path / "run" / "notes.txt").write_text("mine")
     with pytest.raises(TrainingError, match="not a pico run"):
         train(tiny_config(tmp_path / "run"))
+
+
+def test_local_parquet_dataset_and_tensorboard(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from pico_train.corpus import shakespeare_texts
+
+    texts = [t[:20000] for t in shakespeare_texts()[:6]]
+    pq.write_table(pa.table({"text": texts}), tmp_path / "plays.parquet")
+    config = tiny_config(
+        tmp_path / "run",
+        f"data.dataset={tmp_path / 'plays.parquet'}",
+        "training.max_steps=3",
+        "checkpointing.every=3",
+        "logging.tensorboard=true",
+        "capture.enabled=false",
+    )
+    result = train(config)
+    assert result.last_loss is not None and len(losses(result.run_dir)) == 3
+    assert list((Path(result.run_dir) / "tensorboard").glob("events.out.tfevents.*"))

@@ -1,6 +1,13 @@
 """pico-format: the run-directory contract between pico-train and pico-analyze."""
 
-from pico_format.capture import CaptureManifest, CaptureReader, capture_splits, write_capture
+from pico_format.capture import (
+    CaptureManifest,
+    CaptureReader,
+    capture_splits,
+    load_capture,
+    open_capture,
+    write_capture,
+)
 from pico_format.layout import SCHEMA_VERSION, CheckpointPaths, RunPaths, step_dirname
 from pico_format.run import (
     RunFormatError,
@@ -23,6 +30,8 @@ __all__ = [
     "CaptureReader",
     "capture_splits",
     "write_capture",
+    "load_capture",
+    "open_capture",
     "SCHEMA_VERSION",
     "CheckpointPaths",
     "RunFormatError",

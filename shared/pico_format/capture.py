@@ -155,3 +155,17 @@ def capture_splits(ckpt: CheckpointPaths) -> list[str]:
     if not root.is_dir():
         return []
     return sorted(p.name for p in root.iterdir() if (p / CAPTURE_MANIFEST).is_file())
+
+
+def open_capture(run_dir, step: int, split: str) -> CaptureReader:
+    """The capture of `split` at checkpoint `step` of the run in `run_dir`."""
+    from pico_format.layout import RunPaths
+
+    return CaptureReader(RunPaths(run_dir).checkpoint(step), split)
+
+
+def load_capture(
+    run_dir, step: int, split: str, kind: str, module: str, device: str | torch.device = "cpu"
+) -> torch.Tensor:
+    """One captured tensor, by step, split (train | eval), kind and module name."""
+    return open_capture(run_dir, step, split).get(kind, module, device)

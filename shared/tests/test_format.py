@@ -157,3 +157,24 @@ def test_streaming_writer_matches_safetensors(tmp_path):
     bad = StreamingSafetensorsWriter(tmp_path / "t.safetensors", {"a": ((2,), torch.float32)})
     with pytest.raises(ValueError, match="declared"):
         bad.write("a", torch.zeros(3))
+
+
+def test_load_capture_by_step_split_kind_module(tmp_path):
+    from pico_format import load_capture, open_capture
+
+    run = RunPaths(tmp_path)
+    t = torch.randn(2, 3)
+    with checkpoint_transaction(run, 8) as ckpt:
+        manifest = CaptureManifest(
+            step=8,
+            split="train",
+            modules=["m"],
+            layers={"m": 0},
+            positions="mean",
+            position_indices=None,
+            seq_len=4,
+            token_ids=[[0, 1, 2, 3]] * 2,
+        )
+        write_capture(ckpt, manifest, {"activations": {"m": t}})
+    assert torch.equal(load_capture(tmp_path, 8, "train", "activations", "m"), t)
+    assert open_capture(tmp_path, 8, "train").manifest.positions == "mean"
