@@ -23,7 +23,8 @@ from pico_analyze import plots as plotting
 from pico_analyze import report
 from pico_analyze.config import AnalysisConfig, config_to_dict, load_config
 from pico_analyze.load import Source, open_source
-from pico_analyze.runner import ChunkResult, Row, run_analysis
+from pico_analyze.plan import ChunkResult, Row
+from pico_analyze.runner import run_analysis
 from pico_analyze.sources.hub import HubRun
 from pico_analyze.table import write_table
 
@@ -62,16 +63,13 @@ def _config(
     captured = None
     if all(k is not None for k in known):
         captured = [x for x in known[0] if all(x in k for k in known[1:])]
-    cfg = load_config(config, captured)
-    if device is not None:
-        cfg.device = device
-    if workers is not None:
-        cfg.workers = workers
-    if force_train_split:
-        cfg.force_train_split = True
-    if progress is not None:
-        cfg.progress = progress
-    return cfg
+    overrides = {
+        "device": device,
+        "workers": workers,
+        "progress": progress,
+        "force_train_split": True if force_train_split else None,
+    }
+    return load_config(config, captured, overrides)
 
 
 def _finish(

@@ -35,7 +35,6 @@ from typing import Any
 import yaml
 
 from pico_analyze.components import ComponentSpec
-from pico_analyze.load import DEFAULT_SUFFIXES
 from pico_analyze.metrics import get_metric, list_metrics
 from pico_analyze.metrics.registry import UnknownMetricError
 from pico_analyze.sources.original import SUFFIXES as ORIGINAL_SUFFIXES
@@ -313,6 +312,8 @@ def config_from_dict(
     if not isinstance(comps, dict):
         raise ConfigError(f"components: expected a mapping of name -> component, got {comps!r}.")
     cfg.components = {str(k): _component(v, f"components.{k}") for k, v in comps.items()}
+    from pico_analyze.defaults import default_compare_metrics, default_metrics
+
     if "metrics" in raw:
         cfg.metrics = _entries(raw["metrics"], "metrics", cfg.components)
     else:
@@ -337,25 +338,40 @@ def config_from_dict(
 
 
 def load_config(
-    source: str | Path | dict | AnalysisConfig | None, captured: list[str] | None = None
+    source: str | Path | dict | AnalysisConfig | None,
+    captured: list[str] | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> AnalysisConfig:
-    """A config from a YAML path, a dict, an AnalysisConfig (returned as is) or None (default)."""
+    """A config from a YAML path, a dict, an AnalysisConfig or None (the default analysis).
+
+    `overrides` (top-level keys, e.g. from the command line) replace the file's values before
+    validation.
+    """
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     if isinstance(source, AnalysisConfig):
-        validate(source)
-        return source
+        cfg = dataclasses.replace(source)
+        for key, value in overrides.items():
+            setattr(cfg, key, value)
+        validate(cfg)
+        return cfg
+    where = ""
     if source is None or isinstance(source, dict):
-        return config_from_dict(source, captured)
-    path = Path(source)
-    if not path.is_file():
-        raise ConfigError(f"Config file '{path}' does not exist.")
+        raw = dict(source or {})
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"Config file '{path}' does not exist.")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of keys, got {raw!r}.")
+        where = f"{path}: "
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    try:
-        return config_from_dict(raw, captured)
+        return config_from_dict({**raw, **overrides}, captured)
     except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from None
+        raise ConfigError(f"{where}{err}") from None
 
 
 def validate(cfg: AnalysisConfig) -> None:
@@ -382,62 +398,6 @@ def validate(cfg: AnalysisConfig) -> None:
             )
         first, prev = seen.get(e.label, (i, set()))
         seen[e.label] = (first, prev | keys)
-
-
-# ----------------------------------------------------------------------------------------------
-# The default analysis
-# ----------------------------------------------------------------------------------------------
-
-
-def _simple(kind: str, suffixes: list[str]) -> list[ComponentSpec]:
-    return [ComponentSpec("simple", kind, s) for s in suffixes]
-
-
-def default_metrics(captured: list[str] | None = None) -> list[MetricEntry]:
-    """The analysis `pico-analyze run` does with no config (see the README of pico-analyze).
-
-    Eval-split activations of each captured module: CKA against the final checkpoint, effective
-    rank and proportional effective rank. Weights: effective rank, condition number, Gini, Hoyer,
-    Frobenius and spectral norms, relative change since the previous checkpoint. Gradients
-    (train and eval): Frobenius norm; eval gradients: cosine similarity with the previous
-    checkpoint's. OV circuit weights per head: effective rank and Frobenius norm.
-    """
-    suffixes = [s for s in DEFAULT_SUFFIXES if captured is None or s in captured] or list(
-        DEFAULT_SUFFIXES
-    )
-    acts, weights, grads = (_simple(k, suffixes) for k in ("activations", "weights", "gradients"))
-    ov = [ComponentSpec("ov_circuit", "weights", heads="per_head")]
-    eval_only, both = ["eval"], ["train", "eval"]
-    plan = [
-        ("cka", acts, eval_only, "last"),
-        ("effective_rank", acts + weights + ov, eval_only, None),
-        ("proportional_effective_rank", acts, eval_only, None),
-        ("condition_number", weights, None, None),
-        ("gini", weights, None, None),
-        ("hoyer", weights, None, None),
-        ("frobenius_norm", weights + grads + ov, both, None),
-        ("spectral_norm", weights, None, None),
-        ("relative_weight_change", weights, None, "previous"),
-        ("gradient_cosine_similarity", grads, eval_only, "previous"),
-    ]
-    registered = set(list_metrics())
-    return [
-        MetricEntry(metric=m, components=c, splits=s, target=t)
-        for m, c, s, t in plan
-        if m in registered
-    ]
-
-
-def default_compare_metrics(captured: list[str] | None = None) -> list[MetricEntry]:
-    """Cross-run default: debiased CKA of each captured module's eval activations."""
-    suffixes = [s for s in DEFAULT_SUFFIXES if captured is None or s in captured] or list(
-        DEFAULT_SUFFIXES
-    )
-    return [
-        MetricEntry(
-            metric="cka", components=_simple("activations", suffixes), splits=["eval"], target=None
-        )
-    ]
 
 
 def config_to_dict(cfg: AnalysisConfig) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from pico_analyze.runner import Row
+from pico_analyze.plan import Row
 
 PLOTS_DIR = "plots"
 PANEL_W, PANEL_H, MAX_COLS, DPI = 4.6, 3.3, 3, 90

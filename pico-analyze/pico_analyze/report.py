@@ -13,7 +13,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pico_analyze.runner import Row
+from pico_analyze.plan import Row
 
 if TYPE_CHECKING:
     from pico_analyze.analyze import AnalysisResult

@@ -21,127 +21,32 @@ from __future__ import annotations
 import contextlib
 import math
 import multiprocessing
-import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import torch
 from tqdm.auto import tqdm
 
 from pico_analyze.components import ComponentSpec, ComponentValue, build
-from pico_analyze.config import AnalysisConfig, ConfigError, MetricEntry
-from pico_analyze.load import Checkpoint, LoadRequest, MissingData, Source
+from pico_analyze.config import AnalysisConfig, ConfigError
+from pico_analyze.load import Checkpoint, MissingData, Source
 from pico_analyze.metrics import get_metric
 from pico_analyze.metrics.registry import MetricError
+from pico_analyze.plan import (
+    ChunkResult,
+    Job,
+    Row,
+    RunPlan,
+    Task,
+    auto_workers,
+    plan_runs,
+    resolve_device,
+    tasks_from,
+    with_references,
+)
 
-
-@dataclass
-class Row:
-    """One measured value: the results table's columns."""
-
-    run: str
-    step: int
-    split: str | None
-    component: str  # simple | ov_circuit | ov_circuit_concat | qk_circuit | qk_circuit_concat
-    kind: str
-    module: str
-    layer: int
-    head: int | None
-    metric: str  # the entry's label
-    function: str  # the registered metric
-    reference: str | None  # comparative: "step N" or "run NAME"
-    value: float
-    note: str = ""
-
-
-@dataclass(frozen=True)
-class Task:
-    """One metric entry, resolved for the runner (plain data, picklable)."""
-
-    label: str
-    metric: str
-    settings: tuple
-    comparative: bool
-    target: str | int | None
-    component: ComponentSpec
-    splits: tuple[str | None, ...]
-    layers: tuple[int, ...] | None
-
-
-@dataclass
-class RunPlan:
-    source: Source
-    steps: list[int]  # analysed
-    layers: list[int]
-    request: LoadRequest
-    available: list[int]  # every checkpoint of the run (targets first/last refer to these)
-
-
-@dataclass
-class Job:
-    """What one worker does: a contiguous chunk of steps for every run."""
-
-    runs: list[RunPlan]
-    steps: list[int]
-    tasks: list[Task]
-    cross_tasks: list[Task]
-    reference_run: int
-    device: str
-    force: bool
-    share_svd: bool
-
-
-@dataclass
-class ChunkResult:
-    rows: list[Row] = field(default_factory=list)
-    loads: list[tuple[str, int]] = field(default_factory=list)
-    seconds_load: float = 0.0
-    seconds_compute: float = 0.0
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device '{device}' requested but CUDA is not available.")
-    return device
-
-
-def tasks_from(entries: list[MetricEntry], cfg: AnalysisConfig) -> list[Task]:
-    out = []
-    for e in entries:
-        spec = get_metric(e.metric)
-        for c in e.components:
-            splits = tuple(e.splits or cfg.splits) if c.split_dependent else (None,)
-            out.append(
-                Task(
-                    e.label,
-                    e.metric,
-                    tuple(sorted(e.settings.items())),
-                    spec.comparative,
-                    e.target,
-                    c,
-                    splits,
-                    tuple(e.layers) if e.layers is not None else None,
-                )
-            )
-    return out
-
-
-def request_for(tasks: list[Task], layers: list[int]) -> LoadRequest:
-    req = LoadRequest()
-    for t in tasks:
-        for layer in t.layers or layers:
-            for kind, module in t.component.needs(layer):
-                for split in t.splits:
-                    req.add(kind, module, split)
-    return req
-
-
-# ----------------------------------------------------------------------------------------------
-# One chunk (runs in the main process or in a worker)
-# ----------------------------------------------------------------------------------------------
+__all__ = ["Row", "run_analysis", "shared_singular_values"]
 
 
 @contextlib.contextmanager
@@ -443,50 +348,11 @@ class _Chunk:
 
 
 def _run_job(job: Job) -> ChunkResult:
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     return _Chunk(job).run()
 
 
 # ----------------------------------------------------------------------------------------------
 # Entry point
-# ----------------------------------------------------------------------------------------------
-
-
-def auto_workers(n_steps: int, device: str) -> int:
-    """Worker processes: 1 on a GPU or for few checkpoints (start-up costs ~2 s per worker);
-    else one per available core, each taking at least 4 checkpoints, at most 4."""
-    if device != "cpu":
-        return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(cores or 1, n_steps // 4, 4))
-
-
-def plan_runs(sources: list[Source], cfg: AnalysisConfig, tasks: list[Task]) -> list[RunPlan]:
-    plans = []
-    for source in sources:
-        available = source.steps()
-        if not available:
-            raise ConfigError(f"Run '{source.name}' has no checkpoints to analyse.")
-        steps = cfg.select_steps(available)
-        if not steps:
-            raise ConfigError(
-                f"No checkpoint of run '{source.name}' matches steps={cfg.steps} "
-                f"(available: {available})."
-            )
-        n_layers = source.shape().n_layers
-        layers = cfg.layers if cfg.layers is not None else list(range(n_layers))
-        bad = [layer for layer in layers if not 0 <= layer < n_layers]
-        if bad and len(sources) == 1:
-            raise ConfigError(f"layers {bad} out of range: run '{source.name}' has {n_layers}.")
-        layers = [layer for layer in layers if 0 <= layer < n_layers]
-        for t in tasks:
-            if t.comparative and isinstance(t.target, int) and t.target not in available:
-                raise ConfigError(
-                    f"{t.label}: target step {t.target} is not a checkpoint of "
-                    f"'{source.name}' (available: {available})."
-                )
-        plans.append(RunPlan(source, steps, layers, request_for(tasks, layers), available))
-    return plans
 
 
 def run_analysis(
@@ -504,7 +370,7 @@ def run_analysis(
     cross_tasks = tasks_from(cfg.compare.metrics, cfg) if cross and len(sources) > 1 else []
     plans = plan_runs(sources, cfg, tasks + cross_tasks)
     for plan in plans:
-        plan.source.prepare(_with_references(plan, tasks), plan.request)
+        plan.source.prepare(with_references(plan, tasks), plan.request)
     names = [p.source.name for p in plans]
     ref = cfg.compare.reference
     if ref is not None and ref not in names:
@@ -548,14 +414,3 @@ def run_analysis(
         total.seconds_compute += res.seconds_compute
     total.rows.sort(key=lambda r: (r.run, r.step))
     return total.rows, total
-
-
-def _with_references(plan: RunPlan, tasks: list[Task]) -> list[int]:
-    """Analysed steps plus the fixed target steps they are compared with."""
-    available = plan.available
-    extra = {
-        ({"last": available[-1], "first": available[0]}.get(t.target, t.target))
-        for t in tasks
-        if t.comparative and t.target not in (None, "previous")
-    }
-    return sorted(set(plan.steps) | {s for s in extra if s is not None})

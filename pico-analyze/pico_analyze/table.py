@@ -15,7 +15,7 @@ import math
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from pico_analyze.runner import Row
+from pico_analyze.plan import Row
 
 COLUMNS = [f.name for f in fields(Row)]
 CSV_NAME, PARQUET_NAME, JSONL_NAME = "results.csv", "results.parquet", "results.jsonl"

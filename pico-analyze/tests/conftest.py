@@ -64,7 +64,7 @@ def capture(model: PicoDecoder, ids: torch.Tensor) -> tuple[dict, float]:
         h.remove()
     weights = {n: modules[n].weight.detach().clone() for n in names}
     grads = {n: modules[n].weight.grad.detach().clone() for n in names}
-    return {"activations": acts, "weights": weights, "gradients": grads}, float(loss)
+    return {"activations": acts, "weights": weights, "gradients": grads}, float(loss.detach())
 
 
 def _batches(n: int, seed: int):

@@ -1,0 +1,75 @@
+"""The pico-analyze command line (click's test runner, in process)."""
+
+from __future__ import annotations
+
+from click.testing import CliRunner
+from pico_analyze.cli import main
+
+
+def test_metrics_lists_the_registry():
+    result = CliRunner().invoke(main, ["metrics"])
+    assert result.exit_code == 0
+    assert "cka" in result.output and "comparative" in result.output
+    assert "effective_rank" in result.output
+
+
+def test_run_with_config_prints_where_results_are(pico_run, tmp_path):
+    cfg = tmp_path / "analysis.yaml"
+    cfg.write_text(
+        "layers: [0]\nmetrics:\n  - metric: hoyer\n    components:\n"
+        "      - {type: ov_circuit, kind: weights, heads: concat}\n"
+    )
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        main,
+        [
+            "run",
+            str(pico_run),
+            "--config",
+            str(cfg),
+            "--out",
+            str(out),
+            "--no-progress",
+            "--workers",
+            "1",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert f"Table: {out / 'results.csv'}" in result.output
+    assert "hoyer.png" in result.output and (out / "plots" / "hoyer_heatmap.png").is_file()
+
+
+def test_run_errors_are_one_message(pico_run, tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("metrics:\n  - metric: cka\n    components: [x]\n    taget: last\n")
+    result = CliRunner().invoke(main, ["run", str(pico_run), "--config", str(cfg)])
+    assert result.exit_code == 1
+    assert "unknown key 'taget'" in result.output and "Did you mean 'target'" in result.output
+    result = CliRunner().invoke(main, ["run", str(tmp_path / "nope")])
+    assert result.exit_code == 1 and "not a directory" in result.output
+
+
+def test_compare_command(pico_run, original_run, tmp_path):
+    cfg = tmp_path / "cmp.yaml"
+    cfg.write_text(
+        "metrics:\n  - metric: frobenius_norm\n    components:\n"
+        "      - {type: simple, kind: weights, module: mlp.down_proj}\n"
+    )
+    out = tmp_path / "cmp"
+    result = CliRunner().invoke(
+        main,
+        [
+            "compare",
+            str(pico_run),
+            str(original_run),
+            "--config",
+            str(cfg),
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "2 runs (tiny, demo-1)" in result.output
+    assert "cka@tiny" in result.output  # cross-run similarity on the shared eval batch
+    assert (out / "results.parquet").is_file()

@@ -1,0 +1,225 @@
+"""The runner end to end through analyze_run / compare_runs: rows, guards, notes, loading."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import make_pico_run
+from pico_analyze import analyze_run, compare_runs
+from pico_analyze.config import ConfigError
+from pico_analyze.metrics.registry import register_metric, unregister_metric
+from pico_analyze.table import read_table
+
+V_ACT = {"type": "simple", "kind": "activations", "module": "self_attn.v_proj"}
+NO_PLOTS = {"plots": False, "progress": False}
+
+
+def by(rows, **match):
+    return [r for r in rows if all(getattr(r, k) == v for k, v in match.items())]
+
+
+def test_default_analysis_of_our_format(pico_run, tmp_path):
+    result = analyze_run(pico_run, out_dir=tmp_path / "out", progress=False)
+    rows = result.rows
+    labels = {r.metric for r in rows}
+    assert labels == {
+        "cka@last",
+        "effective_rank",
+        "proportional_effective_rank",
+        "condition_number",
+        "gini",
+        "hoyer",
+        "frobenius_norm",
+        "spectral_norm",
+        "relative_weight_change@previous",
+        "gradient_cosine_similarity@previous",
+    }
+    assert not result.notes, result.notes[:3]
+    assert sorted(result.stats.loads) == [("tiny", 0), ("tiny", 10), ("tiny", 20)]  # once each
+    for r in by(rows, metric="cka@last", step=20):
+        assert r.value == pytest.approx(1.0) and r.reference == "step 20"
+    assert {r.step for r in by(rows, metric="relative_weight_change@previous")} == {10, 20}
+    assert {r.reference for r in by(rows, metric="relative_weight_change@previous", step=20)} == {
+        "step 10"
+    }
+    ov = by(rows, metric="effective_rank", component="ov_circuit", step=0, layer=1)
+    assert sorted(r.head for r in ov) == [0, 1, 2, 3]
+    assert all(1 < r.value <= 8 + 1e-9 for r in ov)  # rank of M_h is at most head_dim
+    assert {r.split for r in by(rows, metric="frobenius_norm", kind="gradients")} == {
+        "train",
+        "eval",
+    }
+    assert {r.split for r in by(rows, kind="weights")} == {None}
+    # outputs
+    assert result.table_path.name == "results.csv" and result.table_path.is_file()
+    assert [p.suffix for p in result.table_paths] == [".csv", ".parquet"]
+    assert len(read_table(result.table_path)) == len(rows)
+    assert len(result.plots) == 2 * len(labels) and all(p.is_file() for p in result.plots)
+    text = result.summary()
+    assert str(result.table_path) in text and "cka@last_heatmap.png" in text
+    assert (tmp_path / "out" / "summary.txt").is_file()
+    assert (tmp_path / "out" / "config.yaml").is_file()
+
+
+def test_train_split_comparison_across_steps_is_refused_unless_forced(pico_run, tmp_path):
+    cfg = {
+        **NO_PLOTS,
+        "metrics": [
+            {"metric": "cka", "components": [V_ACT], "splits": ["train"], "target": "previous"}
+        ],
+    }
+    with pytest.raises(ConfigError, match="train.*different batch"):
+        analyze_run(pico_run, cfg, tmp_path)
+    rows = analyze_run(pico_run, cfg, tmp_path, force_train_split=True).rows
+    assert rows and all(r.note.startswith("forced:") for r in rows)
+    assert all(math.isfinite(r.value) for r in rows)
+
+
+def test_failing_metric_is_a_note_and_the_rest_completes(pico_run, tmp_path):
+    @register_metric("_fails_on_v_proj", comparative=False, kinds=("weights",))
+    def fails_on_v_proj(x: torch.Tensor) -> float:
+        if x.shape[0] == 16:  # the v_proj weight (n_kv_heads * head_dim, d)
+            raise RuntimeError("boom")
+        return float(x.abs().max())
+
+    try:
+        cfg = {
+            **NO_PLOTS,
+            "metrics": [
+                {
+                    "metric": "_fails_on_v_proj",
+                    "components": [
+                        {"type": "simple", "kind": "weights", "module": m}
+                        for m in ("self_attn.v_proj", "self_attn.o_proj")
+                    ],
+                },
+                {
+                    "metric": "condition_number",  # OV per head has rank head_dim < d: infinite
+                    "components": [{"type": "ov_circuit", "kind": "weights"}],
+                },
+                {
+                    "metric": "effective_rank",
+                    "components": [{"type": "ov_circuit", "kind": "weights"}],
+                },
+            ],
+        }
+        result = analyze_run(pico_run, cfg, tmp_path)
+    finally:
+        unregister_metric("_fails_on_v_proj")
+    rows = result.rows
+    failed = by(rows, metric="_fails_on_v_proj", module="self_attn.v_proj")
+    assert len(failed) == 6 and all(math.isnan(r.value) and "boom" in r.note for r in failed)
+    assert all(math.isfinite(r.value) for r in by(rows, module="self_attn.o_proj"))
+    cond = by(rows, metric="condition_number")
+    assert len(cond) == 3 * 2 * 4 and all("rank-deficient" in r.note for r in cond)
+    assert all(math.isfinite(r.value) and not r.note for r in by(rows, metric="effective_rank"))
+    assert "rank-deficient" in result.summary()
+
+
+def test_same_metric_with_different_settings_never_overwrites(pico_run, tmp_path):
+    cfg = {
+        **NO_PLOTS,
+        "steps": [0, 20],
+        "layers": [1],
+        "metrics": [
+            {"metric": "cka", "components": [V_ACT]},
+            {"metric": "cka", "components": [V_ACT], "settings": {"debiased": False}},
+            {"metric": "cka", "name": "cka_first", "components": [V_ACT], "target": 0},
+        ],
+    }
+    rows = analyze_run(pico_run, cfg, tmp_path).rows
+    debiased = by(rows, metric="cka@last", step=0)
+    biased = by(rows, metric="cka[debiased=False]@last", step=0)
+    first = by(rows, metric="cka_first", step=20)
+    assert len(debiased) == len(biased) == len(first) == 1
+    assert debiased[0].value != pytest.approx(biased[0].value)
+    assert first[0].reference == "step 0"
+    assert {r.layer for r in rows} == {1} and {r.step for r in rows} == {0, 20}
+
+
+def test_shared_singular_values_and_workers_do_not_change_values(pico_run, tmp_path):
+    cfg = {
+        **NO_PLOTS,
+        "metrics": [
+            {
+                "metric": m,
+                "components": [{"type": "ov_circuit", "kind": "gradients", "heads": "both"}, V_ACT],
+            }
+            for m in ("effective_rank", "stable_rank", "nuclear_norm", "spectral_norm")
+        ],
+    }
+    plain = analyze_run(pico_run, {**cfg, "share_singular_values": False}, tmp_path / "a")
+    shared = analyze_run(pico_run, cfg, tmp_path / "b", workers=2)
+    key = lambda r: (r.step, r.metric, r.component, r.module, r.layer, r.head or -1)  # noqa: E731
+    a = sorted(plain.rows, key=key)
+    b = sorted(shared.rows, key=key)
+    assert [key(r) for r in a] == [key(r) for r in b]
+    assert [r.value for r in a] == pytest.approx([r.value for r in b], rel=1e-12)
+    assert len(shared.stats.loads) >= 3  # two chunks: the second also loads its previous step
+
+
+def test_original_layout_end_to_end(original_run, tmp_path):
+    result = analyze_run(original_run, {"plots": False}, tmp_path, progress=False)
+    rows = result.rows
+    assert result.runs == ["demo-1"] and {r.step for r in rows} == {0, 10, 20}
+    missing = [r for r in rows if r.note]
+    assert missing and all(
+        r.split == "train" and r.step == 20 and "not captured" in r.note for r in missing
+    )
+    measured = [r for r in rows if not r.note]
+    assert all(math.isfinite(r.value) for r in measured)
+    for r in by(rows, metric="cka@last", step=20):
+        assert r.value == pytest.approx(1.0)
+    assert by(rows, component="ov_circuit", metric="frobenius_norm", step=20)
+    ov = analyze_run(
+        original_run,
+        {
+            **NO_PLOTS,
+            "metrics": [
+                {
+                    "metric": "cka",
+                    "components": [
+                        {"type": "ov_circuit", "kind": "activations", "heads": "concat"}
+                    ],
+                }
+            ],
+        },
+        tmp_path / "ov",
+    ).rows
+    assert len(ov) == 3 * 2 and all(math.isfinite(r.value) for r in ov)
+
+
+def test_compare_runs_of_different_width(pico_run, tmp_path):
+    wide = make_pico_run(tmp_path / "wide", d=48, seed=1)
+    result = compare_runs(
+        [pico_run, wide],
+        {
+            "progress": False,
+            "metrics": [{"metric": "effective_rank", "components": [V_ACT]}],
+            "compare": {
+                "metrics": [
+                    {
+                        "metric": "cka",
+                        "components": [
+                            V_ACT,
+                            {"type": "ov_circuit", "kind": "activations", "heads": "concat"},
+                        ],
+                    },
+                    {"metric": "procrustes", "components": [V_ACT]},
+                ]
+            },
+        },
+        tmp_path / "cmp",
+    )
+    assert result.runs == ["tiny", "wide"]
+    cross = by(result.rows, metric="cka@tiny")
+    assert len(cross) == 3 * 2 * 2  # steps x layers x components
+    assert all(r.run == "wide" and r.reference == "run tiny" for r in cross)
+    assert all(math.isfinite(r.value) and -0.5 < r.value <= 1.0 for r in cross)
+    assert len(by(result.rows, metric="procrustes@tiny")) == 6
+    assert {r.run for r in by(result.rows, metric="effective_rank")} == {"tiny", "wide"}
+    names = {p.name for p in result.plots}
+    assert {"effective_rank.png", "cka@tiny.png", "cka@tiny_heatmap.png"} <= names
+    assert "tiny, wide" in result.summary()
