@@ -17,6 +17,7 @@ import tempfile
 import time
 
 import torch
+
 from pico_format import RunPaths, checkpoint_transaction
 from pico_train.capture import capture_learning_dynamics
 from pico_train.config import PRESETS, CaptureConfig, TrainingConfig

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from pico_format import RunPaths
 from pico_train.config import checkpoint_steps, load_config
 from pico_train.model import training_flops_per_token

@@ -20,11 +20,11 @@ import re
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from pico_format import CaptureManifest, CheckpointPaths, write_capture, write_json_atomic
 from pico_format.capture import TensorInfo
 from pico_format.stream import StreamingSafetensorsWriter
-from torch import nn
-
 from pico_train.config import CaptureConfig
 from pico_train.distributed import Dist
 

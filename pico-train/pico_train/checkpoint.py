@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from pico_format import CheckpointPaths, RunFormatError, read_json, write_json_atomic
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from pico_format import CheckpointPaths, RunFormatError, read_json, write_json_atomic
 from pico_train import __version__
 from pico_train.config import ModelConfig, validate_model
 from pico_train.model import PicoDecoder

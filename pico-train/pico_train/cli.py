@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import click
+
 from pico_format import (
     CaptureReader,
     RunFormatError,
@@ -19,7 +20,6 @@ from pico_format import (
     list_checkpoints,
     read_json,
 )
-
 from pico_train.config import PRESETS, ConfigError, ModelConfig, RunConfig, load_config
 from pico_train.model import parameter_counts, training_flops_per_token
 

@@ -12,9 +12,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from pico_format import RunPaths, write_text_atomic
 from tqdm.auto import tqdm
 
+from pico_format import RunPaths, write_text_atomic
 from pico_train.config import RunConfig
 
 

@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 import yaml
+
 from pico_format import (
     SCHEMA_VERSION,
     RunFormatError,
@@ -23,7 +24,6 @@ from pico_format import (
     write_run_info,
     write_text_atomic,
 )
-
 from pico_train import __version__
 from pico_train.checkpoint import model_fingerprint
 from pico_train.config import RunConfig

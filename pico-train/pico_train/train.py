@@ -12,15 +12,16 @@ import contextlib
 import math
 import random
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from pico_format import RunPaths, checkpoint_transaction, prune_states, write_json_atomic
 from safetensors.torch import load_file
 from torch.nn.parallel import DistributedDataParallel
 
+from pico_format import RunPaths, checkpoint_transaction, prune_states, write_json_atomic
 from pico_train import distributed
 from pico_train.capture import capture_learning_dynamics, rows_for_capture
 from pico_train.checkpoint import load_training_state, save_model_files, save_training_state
@@ -138,14 +139,11 @@ class Trainer:
         for i, chunk in enumerate(micro):
             chunk = chunk.to(self.dist.device, non_blocking=True)
             last = i == len(micro) - 1
-            sync = (
-                self.ddp.no_sync()
-                if (self.ddp is not None and not last)
-                else contextlib.nullcontext()
-            )
-            with sync, self.autocast():
-                loss = self.forward(chunk[:, :-1], chunk[:, 1:]) / len(micro)
+            # DDP all-reduces gradients on the last micro-batch only.
+            sync = self.ddp.no_sync() if self.ddp is not None and not last else nullcontext()
             with sync:
+                with self.autocast():
+                    loss = self.forward(chunk[:, :-1], chunk[:, 1:]) / len(micro)
                 loss.backward()
             loss_sum += loss.detach()
         max_norm = t.grad_clip if t.grad_clip > 0 else math.inf

@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+
 from pico_format import CaptureReader, RunPaths, capture_splits, checkpoint_transaction
 from pico_train.capture import capture_learning_dynamics, position_indices, select_modules
 from pico_train.config import CaptureConfig, ModelConfig

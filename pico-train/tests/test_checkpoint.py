@@ -7,11 +7,12 @@ import textwrap
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
+
 from pico_format import RunFormatError
 from pico_train.checkpoint import load_model, save_model_files
 from pico_train.config import ModelConfig
 from pico_train.model import PicoDecoder
-from safetensors.torch import load_file, save_file
 
 SHAPES = {
     "mha": ModelConfig(

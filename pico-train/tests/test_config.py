@@ -2,6 +2,7 @@
 
 import pytest
 import yaml
+
 from pico_train.config import ConfigError, checkpoint_steps, config_from_dict, load_config
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+
 from pico_train.config import load_config
 from pico_train.corpus import (
     bpe_cache_path,

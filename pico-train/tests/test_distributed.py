@@ -7,8 +7,10 @@ import sys
 
 import pytest
 import torch
+
 from pico_format import CaptureReader, RunPaths, list_checkpoints
 from pico_train.monitor import read_log
+
 from test_train import TINY
 
 SETTINGS = [
@@ -16,8 +18,9 @@ SETTINGS = [
     "training.max_steps=4",
     "checkpointing.every=2",
     "checkpointing.steps=[]",
-    "capture.batch_size=3",
-]  # 3 rows over 2 ranks: uneven shares on purpose
+    "training.micro_batch_size=1",  # 2 micro-batches per rank: DDP's no_sync path
+    "capture.batch_size=3",  # 3 rows over 2 ranks: uneven shares on purpose
+]
 
 
 def _free_port() -> int:

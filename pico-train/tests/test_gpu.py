@@ -6,6 +6,7 @@ Skipped where there is no GPU (CI); run on the lent GPU machine.
 import pytest
 import torch
 import torch.nn.functional as F
+
 from pico_format import CaptureReader, RunPaths, checkpoint_transaction, latest_step
 from pico_train.capture import capture_learning_dynamics
 from pico_train.config import CaptureConfig, ModelConfig
@@ -13,6 +14,7 @@ from pico_train.distributed import Dist
 from pico_train.model import PicoDecoder
 from pico_train.monitor import read_log
 from pico_train.train import train
+
 from test_train import tiny_config
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

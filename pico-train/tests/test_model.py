@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from pico_train.config import PRESETS, ModelConfig
 from pico_train.model import PicoDecoder, parameter_counts, sample_next, training_flops_per_token
 

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
+
 from pico_format import RunFormatError, RunPaths, capture_splits, latest_step, list_checkpoints
 from pico_train.config import load_config
 from pico_train.monitor import read_log
 from pico_train.train import TrainingError, train
-from safetensors.torch import load_file
 
 # A model small enough that a step takes milliseconds; the data settings are shared by every
 # test so the tokenizer is trained once per session (cached under PICO_CACHE).
@@ -238,6 +239,7 @@ def test_foreign_directory_is_refused(tmp_path):
 def test_local_parquet_dataset_and_tensorboard(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
+
     from pico_train.corpus import shakespeare_texts
 
     texts = [t[:20000] for t in shakespeare_texts()[:6]]

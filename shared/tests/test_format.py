@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+
 from pico_format import (
     CaptureManifest,
     CaptureReader,
