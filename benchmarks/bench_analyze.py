@@ -16,6 +16,7 @@ and concatenated, QK circuit weights) on the eval split, and the time per checkp
 from __future__ import annotations
 
 import argparse
+import logging
 import tempfile
 import time
 from pathlib import Path
@@ -141,6 +142,7 @@ def main() -> None:
     )
     parser.add_argument("--run-dir", type=Path, default=None, help="keep the synthetic run here")
     args = parser.parse_args()
+    logging.getLogger("pico_analyze").setLevel(logging.ERROR)  # notes are counted below
     with tempfile.TemporaryDirectory() as tmp:
         root = args.run_dir or Path(tmp) / "small"
         t0 = time.perf_counter()

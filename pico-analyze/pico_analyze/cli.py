@@ -16,10 +16,10 @@ import logging
 import sys
 
 import click
-from pico_format import RunFormatError
 
 from pico_analyze.config import ConfigError
 from pico_analyze.load import SourceError
+from pico_format import RunFormatError
 
 _COMMON = [
     click.option(

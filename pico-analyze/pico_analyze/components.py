@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pico_analyze.load import KINDS, ModelShape, module_name
+from pico_analyze.load import KINDS, RESIDUAL, ModelShape, module_name
 
 COMPONENT_TYPES = ("simple", "ov_circuit", "qk_circuit")
 HEAD_MODES = ("per_head", "concat", "both")
@@ -77,6 +77,16 @@ def _value_heads(w_v: torch.Tensor, shape: ModelShape) -> torch.Tensor:
     return _in_heads(w_v, shape, shape.n_kv_heads, "v_proj")[_kv_index(shape, w_v.device)]
 
 
+# Each circuit is a product of per-head factors A_h (m x r) @ B_h (r x n) with r <= 2 hd; the
+# factors are kept so the runner can get the singular values from an r x r core.
+Factors = tuple[torch.Tensor, torch.Tensor]  # A (H, m, r), B (H, r, n), float64
+
+
+def ov_weight_factors(w_v: torch.Tensor, w_o: torch.Tensor, shape: ModelShape) -> Factors:
+    """(W_O,h, W_V,g(h)) stacked: (H, d, hd) and (H, hd, d). See :func:`ov_weights`."""
+    return _out_heads(w_o, shape), _value_heads(w_v, shape)
+
+
 def ov_weights(w_v: torch.Tensor, w_o: torch.Tensor, shape: ModelShape) -> torch.Tensor:
     """OV circuit of every head: ``M_h = W_O,h @ W_V,g(h)``, stacked (H, d, d), float64.
 
@@ -84,7 +94,21 @@ def ov_weights(w_v: torch.Tensor, w_o: torch.Tensor, shape: ModelShape) -> torch
     block input ``x`` (row vector) to the head's write ``x M_h^T`` into the residual stream
     (before attention mixing). Its rank is at most hd.
     """
-    return torch.bmm(_out_heads(w_o, shape), _value_heads(w_v, shape))
+    return torch.bmm(*ov_weight_factors(w_v, w_o, shape))
+
+
+def ov_activation_factors(v_out: torch.Tensor, w_o: torch.Tensor, shape: ModelShape) -> Factors:
+    """(v_g(h), W_O,h^T) stacked: (H, n, hd) and (H, hd, d). See :func:`ov_activations`."""
+    n = v_out.shape[0]
+    kv_width = shape.n_kv_heads * shape.head_dim
+    if v_out.ndim != 2 or v_out.shape[1] != kv_width:
+        raise ValueError(
+            f"v_proj activations have shape {tuple(v_out.shape)}, expected "
+            f"(n, {kv_width}) for {shape.n_kv_heads} kv heads of {shape.head_dim}."
+        )
+    v = v_out.double().view(n, shape.n_kv_heads, shape.head_dim)
+    v = v[:, _kv_index(shape, v_out.device)].permute(1, 0, 2)  # (H, n, hd): v_g(h)
+    return v, _out_heads(w_o, shape).transpose(1, 2)
 
 
 def ov_activations(v_out: torch.Tensor, w_o: torch.Tensor, shape: ModelShape) -> torch.Tensor:
@@ -96,16 +120,17 @@ def ov_activations(v_out: torch.Tensor, w_o: torch.Tensor, shape: ModelShape) ->
     residual stream for token ``i`` if it attended to that token alone, i.e. the OV map applied
     to each captured token, without the attention pattern (which is not captured).
     """
-    n = v_out.shape[0]
-    kv_width = shape.n_kv_heads * shape.head_dim
-    if v_out.ndim != 2 or v_out.shape[1] != kv_width:
-        raise ValueError(
-            f"v_proj activations have shape {tuple(v_out.shape)}, expected "
-            f"(n, {kv_width}) for {shape.n_kv_heads} kv heads of {shape.head_dim}."
-        )
-    v = v_out.double().view(n, shape.n_kv_heads, shape.head_dim)
-    v = v[:, _kv_index(shape, v_out.device)].permute(1, 0, 2)  # (H, n, hd): v_g(h)
-    return torch.bmm(v, _out_heads(w_o, shape).transpose(1, 2))  # (H, n, d)
+    return torch.bmm(*ov_activation_factors(v_out, w_o, shape))
+
+
+def ov_gradient_factors(
+    g_v: torch.Tensor, g_o: torch.Tensor, w_v: torch.Tensor, w_o: torch.Tensor, shape: ModelShape
+) -> Factors:
+    """([G_O,h | W_O,h], [W_V,g ; G_V,g]) stacked: (H, d, 2hd) and (H, 2hd, d); their product
+    is ``G_O,h W_V,g + W_O,h G_V,g``. See :func:`ov_gradients`."""
+    a = torch.cat([_out_heads(g_o, shape), _out_heads(w_o, shape)], dim=2)
+    b = torch.cat([_value_heads(w_v, shape), _value_heads(g_v, shape)], dim=1)
+    return a, b
 
 
 def ov_gradients(
@@ -127,14 +152,20 @@ def ov_gradients(
     not ``dL/dM_h`` (in the single-head case it equals
     ``(dL/dM_h) W_V^T W_V + W_O W_O^T (dL/dM_h)``, the gradient preconditioned by the factors).
     With GQA ``G_V,g`` includes the pull of every head in the group, as the real update does.
+    Under Adam the actual update direction differs (it is preconditioned per parameter).
 
     The original pico-analyze computed the same two products but called the sum
     ``dL/dOV`` "by the chain rule", which it is not, and paired it with OV weights of the wrong
     shape (hd x hd); metrics of its OV gradients and OV weights were not of the same object.
     """
-    w_o_h, w_v_g = _out_heads(w_o, shape), _value_heads(w_v, shape)
-    g_o_h, g_v_g = _out_heads(g_o, shape), _value_heads(g_v, shape)
-    return torch.bmm(g_o_h, w_v_g) + torch.bmm(w_o_h, g_v_g)
+    return torch.bmm(*ov_gradient_factors(g_v, g_o, w_v, w_o, shape))
+
+
+def qk_weight_factors(w_q: torch.Tensor, w_k: torch.Tensor, shape: ModelShape) -> Factors:
+    """(W_Q,h^T, W_K,g(h)) stacked: (H, d, hd) and (H, hd, d). See :func:`qk_weights`."""
+    w_q_h = _in_heads(w_q, shape, shape.n_heads, "q_proj")
+    w_k_g = _in_heads(w_k, shape, shape.n_kv_heads, "k_proj")[_kv_index(shape, w_k.device)]
+    return w_q_h.transpose(1, 2), w_k_g
 
 
 def qk_weights(w_q: torch.Tensor, w_k: torch.Tensor, shape: ModelShape) -> torch.Tensor:
@@ -144,9 +175,7 @@ def qk_weights(w_q: torch.Tensor, w_k: torch.Tensor, shape: ModelShape) -> torch
     sqrt(hd)`` with ``R`` the rotary rotation; this is the bilinear form at relative offset 0
     (rotary embeddings make the full circuit position dependent). Weights only.
     """
-    w_q_h = _in_heads(w_q, shape, shape.n_heads, "q_proj")
-    w_k_g = _in_heads(w_k, shape, shape.n_kv_heads, "k_proj")[_kv_index(shape, w_k.device)]
-    return torch.bmm(w_q_h.transpose(1, 2), w_k_g)
+    return torch.bmm(*qk_weight_factors(w_q, w_k, shape))
 
 
 def concat_heads(per_head: torch.Tensor) -> torch.Tensor:
@@ -181,6 +210,8 @@ class ComponentSpec:
             return f"kind must be one of {KINDS}, got {self.kind!r}"
         if self.type == "simple" and not self.module:
             return "a simple component needs `module` (e.g. self_attn.v_proj, mlp.down_proj)"
+        if self.type == "simple" and self.module == RESIDUAL and self.kind != "activations":
+            return "the residual stream has activations only"
         if self.type != "simple" and self.heads not in HEAD_MODES:
             return f"heads must be one of {HEAD_MODES}, got {self.heads!r}"
         if self.type == "qk_circuit" and self.kind != "weights":
@@ -221,11 +252,17 @@ class ComponentSpec:
 
 @dataclass
 class ComponentValue:
-    """One matrix to measure: `component` names it in the table; head is None unless per head."""
+    """One matrix to measure: `component` names it in the table; head is None unless per head.
+
+    `factors` (A, B) with ``tensor = A @ B`` are kept for per-head circuits, whose rank is at
+    most r = A.shape[1] (the runner takes their singular values from an r x r core).
+    """
 
     component: str
     head: int | None
     tensor: torch.Tensor
+    factors: Factors | None = None
+    singular_values: torch.Tensor | None = None  # set by the runner when known from factors
 
 
 def build(
@@ -240,22 +277,25 @@ def build(
     if spec.type == "simple":
         return [ComponentValue("simple", None, next(iter(t.values())))]
     if spec.type == "qk_circuit":
-        stacked = qk_weights(t["weights:q_proj"], t["weights:k_proj"], shape)
+        a, b = qk_weight_factors(t["weights:q_proj"], t["weights:k_proj"], shape)
     elif spec.kind == "activations":
-        stacked = ov_activations(t["activations:v_proj"], t["weights:o_proj"], shape)
+        a, b = ov_activation_factors(t["activations:v_proj"], t["weights:o_proj"], shape)
     elif spec.kind == "weights":
-        stacked = ov_weights(t["weights:v_proj"], t["weights:o_proj"], shape)
+        a, b = ov_weight_factors(t["weights:v_proj"], t["weights:o_proj"], shape)
     else:
-        stacked = ov_gradients(
+        a, b = ov_gradient_factors(
             t["gradients:v_proj"],
             t["gradients:o_proj"],
             t["weights:v_proj"],
             t["weights:o_proj"],
             shape,
         )
+    stacked = torch.bmm(a, b)
     out = []
     if spec.heads in ("per_head", "both"):
-        out += [ComponentValue(spec.type, h, stacked[h]) for h in range(stacked.shape[0])]
+        out += [
+            ComponentValue(spec.type, h, stacked[h], (a[h], b[h])) for h in range(stacked.shape[0])
+        ]
     if spec.heads in ("concat", "both"):
         out.append(ComponentValue(f"{spec.type}_concat", None, concat_heads(stacked)))
     return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pico_analyze.components import ComponentSpec
 from pico_analyze.config import MetricEntry
-from pico_analyze.load import DEFAULT_SUFFIXES
+from pico_analyze.load import DEFAULT_SUFFIXES, RESIDUAL
 from pico_analyze.metrics import list_metrics
 
 
@@ -17,19 +17,28 @@ def _simple(kind: str, suffixes: list[str]) -> list[ComponentSpec]:
     return [ComponentSpec("simple", kind, s) for s in suffixes]
 
 
-def default_metrics(captured: list[str] | None = None) -> list[MetricEntry]:
-    """The analysis `pico-analyze run` does with no config (see the README of pico-analyze).
+def _modules(captured: list[str] | None) -> tuple[list[str], list[str]]:
+    """(suffixes with activations, suffixes with weights and gradients) to analyse."""
+    if not captured:
+        return list(DEFAULT_SUFFIXES), list(DEFAULT_SUFFIXES)
+    return list(captured), [s for s in captured if s != RESIDUAL]
 
-    Eval-split activations of each captured module: CKA against the final checkpoint, effective
-    rank and proportional effective rank. Weights: effective rank, condition number, Gini, Hoyer,
-    Frobenius and spectral norms, relative change since the previous checkpoint. Gradients
-    (train and eval): Frobenius norm; eval gradients: cosine similarity with the previous
-    checkpoint's. OV circuit weights per head: effective rank and Frobenius norm.
+
+def default_metrics(captured: list[str] | None = None) -> list[MetricEntry]:
+    """The analysis `pico-analyze run` does with no config.
+
+    Eval-split activations of each captured module (and of the residual stream, when captured):
+    CKA against the final checkpoint, effective rank and proportional effective rank. Weights:
+    effective rank, condition number, Gini, Hoyer, Frobenius and spectral norms, relative change
+    since the previous checkpoint. Gradients (train and eval): Frobenius norm; eval gradients:
+    cosine similarity with the previous checkpoint's (train batches differ between steps, so
+    their gradients are not compared across steps). OV circuit weights per head: effective rank
+    and Frobenius norm. `captured`: the block-module suffixes the run holds (None: unknown, the
+    pico-train defaults v_proj, o_proj, down_proj are assumed).
     """
-    suffixes = [s for s in DEFAULT_SUFFIXES if captured is None or s in captured] or list(
-        DEFAULT_SUFFIXES
-    )
-    acts, weights, grads = (_simple(k, suffixes) for k in ("activations", "weights", "gradients"))
+    act_mods, param_mods = _modules(captured)
+    acts = _simple("activations", act_mods)
+    weights, grads = _simple("weights", param_mods), _simple("gradients", param_mods)
     ov = [ComponentSpec("ov_circuit", "weights", heads="per_head")]
     eval_only, both = ["eval"], ["train", "eval"]
     plan = [
@@ -54,11 +63,5 @@ def default_metrics(captured: list[str] | None = None) -> list[MetricEntry]:
 
 def default_compare_metrics(captured: list[str] | None = None) -> list[MetricEntry]:
     """Cross-run default: debiased CKA of each captured module's eval activations."""
-    suffixes = [s for s in DEFAULT_SUFFIXES if captured is None or s in captured] or list(
-        DEFAULT_SUFFIXES
-    )
-    return [
-        MetricEntry(
-            metric="cka", components=_simple("activations", suffixes), splits=["eval"], target=None
-        )
-    ]
+    acts = _simple("activations", _modules(captured)[0])
+    return [MetricEntry(metric="cka", components=acts, splits=["eval"], target=None)]

@@ -35,7 +35,9 @@ BLOCK_SUFFIXES = ATTENTION + MLP
 # What pico-train (and the original pico-train) capture by default.
 DEFAULT_SUFFIXES = ("self_attn.v_proj", "self_attn.o_proj", "mlp.down_proj")
 
-_CANONICAL = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
+# The block's output (the residual stream after block i), captured with capture.residual.
+RESIDUAL = "residual"
+_CANONICAL = re.compile(r"^model\.layers\.(\d+)(?:\.(.+))?$")
 
 
 class SourceError(RuntimeError):
@@ -50,14 +52,15 @@ class MissingData(LookupError):
 
 
 def module_name(layer: int, suffix: str) -> str:
-    """Canonical module name of `suffix` in block `layer` (transformers' Llama naming)."""
-    return f"model.layers.{layer}.{suffix}"
+    """Canonical module name of `suffix` in block `layer` (transformers' Llama naming);
+    suffix ``residual`` names the block itself (its output is the residual stream)."""
+    return f"model.layers.{layer}" if suffix == RESIDUAL else f"model.layers.{layer}.{suffix}"
 
 
 def parse_module(name: str) -> tuple[int, str] | None:
     """(layer, suffix) of a canonical block module name, or None."""
     match = _CANONICAL.match(name)
-    return (int(match.group(1)), match.group(2)) if match else None
+    return (int(match.group(1)), match.group(2) or RESIDUAL) if match else None
 
 
 @dataclass(frozen=True)

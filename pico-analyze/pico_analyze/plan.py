@@ -129,12 +129,13 @@ def request_for(tasks: list[Task], layers: list[int]) -> LoadRequest:
 
 
 def auto_workers(n_steps: int, device: str) -> int:
-    """Worker processes: 1 on a GPU or for few checkpoints (start-up costs ~2 s per worker);
-    else one per available core, each taking at least 4 checkpoints, at most 4."""
-    if device != "cpu":
+    """Worker processes at most worth starting: 1 on a GPU or for fewer than 3 checkpoints; else
+    one per available core, each taking at least 2 checkpoints, at most 4 (the runner starts
+    them only if the first checkpoint took long enough to repay their start-up)."""
+    if device != "cpu" or n_steps < 3:
         return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(cores or 1, n_steps // 4, 4))
+    return max(1, min(cores or 1, n_steps // 2, 4))
 
 
 def plan_runs(sources: list[Source], cfg: AnalysisConfig, tasks: list[Task]) -> list[RunPlan]:

@@ -1,9 +1,13 @@
 """The runner: steps x components x layers x metrics, each loop once; returns table rows.
 
 Reads checkpoints through :class:`~pico_analyze.load.Source` (each checkpoint loaded once, only
-the tensors the config needs), builds components (:mod:`pico_analyze.components`), applies the
-registered metrics and writes nothing: it returns :class:`Row` objects for
-:mod:`pico_analyze.table`.
+the tensors the config needs, on the analysis device), builds each component once per layer
+(:mod:`pico_analyze.components`), applies every metric entry that uses it and writes nothing: it
+returns :class:`~pico_analyze.plan.Row` objects for :mod:`pico_analyze.table`.
+
+* The metrics of one matrix share one singular value decomposition
+  (:mod:`pico_analyze.singular_values`); per-head circuits get theirs from their low-rank
+  factors.
 
 * Comparative metrics are called ``fn(reference, current)``: the reference is the target step
   (``last``/``first``/a step: loaded once and kept), the previous analysed step (kept from the
@@ -18,7 +22,6 @@ registered metrics and writes nothing: it returns :class:`Row` objects for
 
 from __future__ import annotations
 
-import contextlib
 import math
 import multiprocessing
 import time
@@ -37,7 +40,6 @@ from pico_analyze.plan import (
     ChunkResult,
     Job,
     Row,
-    RunPlan,
     Task,
     auto_workers,
     plan_runs,
@@ -45,47 +47,16 @@ from pico_analyze.plan import (
     tasks_from,
     with_references,
 )
+from pico_analyze.singular_values import SharedSingularValues, low_rank_singular_values
 
-__all__ = ["Row", "run_analysis", "shared_singular_values"]
-
-
-@contextlib.contextmanager
-def shared_singular_values(enabled: bool):
-    """Compute ``torch.linalg.svdvals`` once per tensor object while measuring one matrix.
-
-    The spectral metrics (effective rank, PER, stable rank, condition number, nuclear and spectral
-    norms) each ask for the singular values of the same float64 tensor; this memo hands the first
-    result to the others. It keys on tensor identity and version, holds the tensor, and is cleared
-    for every new matrix, so it can only return the singular values of that very tensor.
-    """
-    if not enabled:
-        yield lambda: None
-        return
-    original = torch.linalg.svdvals
-    memo: dict[int, tuple[torch.Tensor, int, torch.Tensor]] = {}
-
-    def svdvals(a, *args, **kwargs):
-        if args or kwargs or not isinstance(a, torch.Tensor):
-            return original(a, *args, **kwargs)
-        hit = memo.get(id(a))
-        if hit is not None and hit[0] is a and hit[1] == a._version:
-            return hit[2].clone()
-        s = original(a)
-        memo[id(a)] = (a, a._version, s)
-        return s.clone()
-
-    torch.linalg.svdvals = svdvals
-    try:
-        yield memo.clear
-    finally:
-        torch.linalg.svdvals = original
+__all__ = ["Row", "run_analysis"]
 
 
 class _State:
     """A loaded checkpoint and the components built from it so far."""
 
-    def __init__(self, ckpt: Checkpoint):
-        self.ckpt = ckpt
+    def __init__(self, ckpt: Checkpoint, share_svd: bool):
+        self.ckpt, self.share_svd = ckpt, share_svd
         self.cache: dict[tuple, list[ComponentValue] | str] = {}
 
     def component(
@@ -100,6 +71,12 @@ class _State:
                 for v in values:  # float64 once here, not once per metric
                     if v.tensor.dtype != torch.float64 and v.tensor.device.type != "mps":
                         v.tensor = v.tensor.double()
+                heads = [v for v in values if v.factors is not None]
+                if heads and self.share_svd:  # all heads' singular values in one batched call
+                    a = torch.stack([v.factors[0] for v in heads])
+                    b = torch.stack([v.factors[1] for v in heads])
+                    for v, sv in zip(heads, low_rank_singular_values(a, b)):
+                        v.singular_values = sv
                 self.cache[key] = values
             except MissingData as err:
                 self.cache[key] = f"missing: {err}"
@@ -136,11 +113,25 @@ def _input_problem(cur: Checkpoint, ref: Checkpoint, split: str | None) -> str |
     return None
 
 
+def _groups(tasks: list[Task]) -> list[list[Task]]:
+    """Tasks grouped by component, in config order: each component is built once per layer."""
+    out: dict[str, list[Task]] = {}
+    for t in tasks:
+        out.setdefault(t.component.key, []).append(t)
+    return list(out.values())
+
+
+def _ordered(items) -> list:
+    return list(dict.fromkeys(items))
+
+
 class _Chunk:
     def __init__(self, job: Job):
         self.job = job
         self.states: list[dict[int, _State]] = [{} for _ in job.runs]
         self.result = ChunkResult()
+        self.svd = SharedSingularValues(job.share_svd)
+        self.groups, self.cross_groups = _groups(job.tasks), _groups(job.cross_tasks)
 
     def state(self, r: int, step: int) -> _State:
         if step not in self.states[r]:
@@ -149,7 +140,7 @@ class _Chunk:
             ckpt = plan.source.load(step, plan.request, self.job.device)
             self.result.seconds_load += time.perf_counter() - t0
             self.result.loads.append((plan.source.name, step))
-            self.states[r][step] = _State(ckpt)
+            self.states[r][step] = _State(ckpt, self.job.share_svd)
         return self.states[r][step]
 
     def target_step(self, r: int, target, step: int) -> int | None:
@@ -161,7 +152,7 @@ class _Chunk:
 
     def row(
         self,
-        plan: RunPlan,
+        plan,
         step,
         task,
         split,
@@ -169,11 +160,10 @@ class _Chunk:
         value: ComponentValue | None,
         reference,
         result: tuple[float, str],
-        run: str | None = None,
     ) -> None:
         self.result.rows.append(
             Row(
-                run=run or plan.source.name,
+                run=plan.source.name,
                 step=step,
                 split=split,
                 component=value.component if value else task.component.type,
@@ -189,129 +179,105 @@ class _Chunk:
             )
         )
 
-    def compare(
-        self,
-        plan,
-        step,
-        task,
-        split,
-        layer,
-        cur: _State,
-        ref: _State,
-        reference,
-        values,
-        clear,
-        run=None,
-    ) -> None:
-        ref_values = ref.component(task.component, split, layer)
-        if isinstance(ref_values, str):
-            self.row(
-                plan,
-                step,
-                task,
-                split,
-                layer,
-                None,
-                reference,
-                (math.nan, f"reference {reference}: {ref_values}"),
-                run,
-            )
-            return
-        problem = _input_problem(cur.ckpt, ref.ckpt, split)
-        by_key = {(v.component, v.head): v for v in ref_values}
+    @staticmethod
+    def reference(cur: _State, ref: _State, spec: ComponentSpec, split, layer, label: str):
+        """(label, {(component, head): value} or a note, input problem) of a reference."""
+        values = ref.component(spec, split, layer)
+        if isinstance(values, str):
+            return label, f"reference {label}: {values}", None
+        by_key = {(v.component, v.head): v for v in values}
+        return label, by_key, _input_problem(cur.ckpt, ref.ckpt, split)
+
+    def measure(self, plan, step, split, layer, values, tasks, refs) -> None:
+        """Every task on every value; one value's singular values serve all its tasks."""
+        for t in tasks:
+            ref = refs.get(t)
+            if ref is not None and isinstance(ref[1], str):
+                self.row(plan, step, t, split, layer, None, ref[0], (math.nan, ref[1]))
         for v in values:
-            other = by_key.get((v.component, v.head))
-            if other is None:
-                result = (math.nan, f"reference {reference} has no {v.component} head {v.head}")
-            elif problem and not self.job.force:
-                result = (
-                    math.nan,
-                    f"refused: {problem}; compare eval captures or force it (--force-train-split)",
-                )
-            else:
-                clear()
-                result = _measure(task, other.tensor, v.tensor)
-                if problem:
+            self.svd.prime(v.tensor, v.singular_values)
+            for t in tasks:
+                if not t.comparative:
+                    self.row(plan, step, t, split, layer, v, None, _measure(t, v.tensor))
+                    continue
+                ref = refs.get(t)
+                if ref is None or isinstance(ref[1], str):
+                    continue  # no previous step yet, or noted above
+                label, by_key, problem = ref
+                other = by_key.get((v.component, v.head))
+                if other is None:
+                    result = (math.nan, f"reference {label} has no {v.component} head {v.head}")
+                elif problem and not self.job.force:
                     result = (
-                        result[0],
-                        f"forced: {problem}" + (f"; {result[1]}" if result[1] else ""),
+                        math.nan,
+                        f"refused: {problem}; compare eval captures or force "
+                        f"it (--force-train-split)",
                     )
-            self.row(plan, step, task, split, layer, v, reference, result, run)
+                else:
+                    result = _measure(t, other.tensor, v.tensor)
+                    if problem:
+                        result = (
+                            result[0],
+                            "; ".join(x for x in (f"forced: {problem}", result[1]) if x),
+                        )
+                self.row(plan, step, t, split, layer, v, label, result)
+            self.svd.clear()
 
-    def analyse(self, r: int, step: int, clear) -> None:
-        plan, job = self.job.runs[r], self.job
+    def cells(self, group: list[Task], layers: list[int]):
+        """(split, layer, tasks) for one component group, splits and layers in order."""
+        for split in _ordered(s for t in group for s in t.splits):
+            for layer in layers:
+                tasks = [
+                    t
+                    for t in group
+                    if split in t.splits and (t.layers is None or layer in t.layers)
+                ]
+                if tasks:
+                    yield split, layer, tasks
+
+    def analyse(self, r: int, step: int) -> None:
+        plan = self.job.runs[r]
         cur = self.state(r, step)
-        for task in job.tasks:
-            for split in task.splits:
-                for layer in [x for x in task.layers or plan.layers if x in plan.layers]:
-                    values = cur.component(task.component, split, layer)
-                    if isinstance(values, str):
-                        self.row(plan, step, task, split, layer, None, None, (math.nan, values))
-                        continue
-                    if not task.comparative:
-                        for v in values:
-                            clear()
-                            self.row(
-                                plan, step, task, split, layer, v, None, _measure(task, v.tensor)
-                            )
-                        continue
-                    ref_step = self.target_step(r, task.target, step)
-                    if ref_step is None:
-                        continue  # the first analysed step has no previous one
-                    self.compare(
-                        plan,
-                        step,
-                        task,
-                        split,
-                        layer,
-                        cur,
-                        self.state(r, ref_step),
-                        f"step {ref_step}",
-                        values,
-                        clear,
-                    )
+        for group in self.groups:
+            spec = group[0].component
+            for split, layer, tasks in self.cells(group, plan.layers):
+                values = cur.component(spec, split, layer)
+                if isinstance(values, str):
+                    for t in tasks:
+                        self.row(plan, step, t, split, layer, None, None, (math.nan, values))
+                    continue
+                refs = {}
+                for t in tasks:
+                    ref_step = self.target_step(r, t.target, step) if t.comparative else None
+                    if ref_step is not None:
+                        refs[t] = self.reference(
+                            cur, self.state(r, ref_step), spec, split, layer, f"step {ref_step}"
+                        )
+                self.measure(plan, step, split, layer, values, tasks, refs)
 
-    def cross(self, step: int, clear) -> None:
-        job = self.job
-        ref_r = job.reference_run
-        ref_plan = job.runs[ref_r]
+    def cross(self, step: int) -> None:
+        """Each run against the reference run at the same step (same layer index)."""
+        ref_r = self.job.reference_run
+        ref_plan = self.job.runs[ref_r]
         if step not in ref_plan.steps:
             return
-        for r, plan in enumerate(job.runs):
+        label = f"run {ref_plan.source.name}"
+        for r, plan in enumerate(self.job.runs):
             if r == ref_r or step not in plan.steps:
                 continue
             cur, ref = self.state(r, step), self.state(ref_r, step)
-            for task in job.cross_tasks:
-                for split in task.splits:
-                    for layer in task.layers or plan.layers:
-                        if layer not in plan.layers or layer not in ref_plan.layers:
-                            continue
-                        values = cur.component(task.component, split, layer)
-                        if isinstance(values, str):
-                            self.row(
-                                plan,
-                                step,
-                                task,
-                                split,
-                                layer,
-                                None,
-                                f"run {ref_plan.source.name}",
-                                (math.nan, values),
-                            )
-                            continue
-                        labelled = replace(task, label=f"{task.label}@{ref_plan.source.name}")
-                        self.compare(
-                            plan,
-                            step,
-                            labelled,
-                            split,
-                            layer,
-                            cur,
-                            ref,
-                            f"run {ref_plan.source.name}",
-                            values,
-                            clear,
-                        )
+            layers = [x for x in plan.layers if x in ref_plan.layers]
+            for group in self.cross_groups:
+                spec = group[0].component
+                for split, layer, tasks in self.cells(group, layers):
+                    tasks = [replace(t, label=f"{t.label}@{ref_plan.source.name}") for t in tasks]
+                    values = cur.component(spec, split, layer)
+                    if isinstance(values, str):
+                        for t in tasks:
+                            self.row(plan, step, t, split, layer, None, label, (math.nan, values))
+                        continue
+                    refs = {t: self.reference(cur, ref, spec, split, layer, label) for t in tasks}
+                    self.measure(plan, step, split, layer, values, tasks, refs)
 
     def evict(self, step: int) -> None:
         """Keep only what later steps compare with: this step (previous) and fixed targets."""
@@ -328,20 +294,20 @@ class _Chunk:
                 elif s == step:
                     states[s].cache = {k: v for k, v in states[s].cache.items() if k[1] in compared}
 
-    def run(self, on_step=None) -> ChunkResult:
-        with shared_singular_values(self.job.share_svd) as clear:
-            for step in self.job.steps:
+    def run(self, steps: list[int] | None = None, on_step=None) -> ChunkResult:
+        """Analyse `steps` (default: the job's), in order; may be called again to go on."""
+        with self.svd:
+            for step in self.job.steps if steps is None else steps:
                 t0 = time.perf_counter()
                 loaded = self.result.seconds_load
                 for r, plan in enumerate(self.job.runs):
                     if step in plan.steps:
-                        self.analyse(r, step, clear)
-                if len(self.job.runs) > 1 and self.job.cross_tasks:
-                    self.cross(step, clear)
+                        self.analyse(r, step)
+                if len(self.job.runs) > 1 and self.cross_groups:
+                    self.cross(step)
                 self.evict(step)
-                self.result.seconds_compute += (
-                    time.perf_counter() - t0 - (self.result.seconds_load - loaded)
-                )
+                spent = time.perf_counter() - t0 - (self.result.seconds_load - loaded)
+                self.result.seconds_compute += spent
                 if on_step:
                     on_step()
         return self.result
@@ -353,6 +319,26 @@ def _run_job(job: Job) -> ChunkResult:
 
 # ----------------------------------------------------------------------------------------------
 # Entry point
+# ----------------------------------------------------------------------------------------------
+
+SPAWN_SECONDS = 3.0  # a spawned worker's start (imports torch) and its extra checkpoint loads
+
+
+def _parallel(jobs: list[Job], bar) -> list[ChunkResult]:
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(len(jobs), mp_context=ctx) as pool:
+        futures = {pool.submit(_run_job, j): len(j.steps) for j in jobs}
+        results = []
+        for fut in as_completed(futures):
+            results.append(fut.result())
+            bar.update(futures[fut])
+    return results
+
+
+def _split(steps: list[int], n: int) -> list[list[int]]:
+    return [
+        c for c in (steps[i * len(steps) // n : (i + 1) * len(steps) // n] for i in range(n)) if c
+    ]
 
 
 def run_analysis(
@@ -364,7 +350,13 @@ def run_analysis(
     workers: int | None = None,
     progress: bool | None = None,
 ) -> tuple[list[Row], ChunkResult]:
-    """Analyse `sources` (several: also cross-run comparisons); return rows and timing stats."""
+    """Analyse `sources` (several: also cross-run comparisons); return rows and timing stats.
+
+    Workers: a number runs that many processes over contiguous chunks of steps. Left automatic,
+    the first checkpoint is analysed here and timed; the others go to worker processes only
+    when the expected saving exceeds their start-up cost (else this process goes on, so every
+    checkpoint is loaded once).
+    """
     device = resolve_device(device or cfg.device)
     tasks = tasks_from(cfg.metrics, cfg)
     cross_tasks = tasks_from(cfg.compare.metrics, cfg) if cross and len(sources) > 1 else []
@@ -377,36 +369,38 @@ def run_analysis(
         raise ConfigError(f"compare.reference '{ref}' is not one of the runs: {names}.")
     reference_run = names.index(ref) if ref is not None else 0
     steps = sorted({s for p in plans for s in p.steps})
+    job = Job(
+        plans,
+        steps,
+        tasks,
+        cross_tasks,
+        reference_run,
+        device,
+        cfg.force_train_split,
+        cfg.share_singular_values,
+    )
     n = workers if workers is not None else cfg.workers
-    n = max(1, min(n if n is not None else auto_workers(len(steps), device), len(steps)))
-    chunks = [steps[i * len(steps) // n : (i + 1) * len(steps) // n] for i in range(n)]
-    jobs = [
-        Job(
-            plans,
-            c,
-            tasks,
-            cross_tasks,
-            reference_run,
-            device,
-            cfg.force_train_split,
-            cfg.share_singular_values,
-        )
-        for c in chunks
-        if c
-    ]
     show = cfg.progress if progress is None else progress
-    total = ChunkResult()
+    results = []
     with tqdm(total=len(steps), desc="checkpoints", unit="ckpt", disable=not show) as bar:
-        if len(jobs) == 1:
-            results = [_Chunk(jobs[0]).run(on_step=lambda: bar.update(1))]
+        if n is not None and n > 1 and len(steps) > 1:
+            chunks = _split(steps, min(n, len(steps)))
+            results = _parallel([replace(job, steps=c) for c in chunks], bar)
         else:
-            ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(len(jobs), mp_context=ctx) as pool:
-                futures = {pool.submit(_run_job, j): len(j.steps) for j in jobs}
-                results = []
-                for fut in as_completed(futures):
-                    results.append(fut.result())
-                    bar.update(futures[fut])
+            here = _Chunk(job)
+            if n is None and auto_workers(len(steps), device) > 1:
+                t0 = time.perf_counter()
+                here.run(steps[:1], on_step=lambda: bar.update(1))
+                rest = steps[1:]
+                k = auto_workers(len(rest), device)
+                saving = (time.perf_counter() - t0) * len(rest) * (1 - 1 / k)
+                if saving > SPAWN_SECONDS * 2:
+                    results = _parallel([replace(job, steps=c) for c in _split(rest, k)], bar)
+                    steps = []
+                else:
+                    steps = rest
+            results.append(here.run(steps, on_step=lambda: bar.update(1)))
+    total = ChunkResult()
     for res in results:
         total.rows += res.rows
         total.loads += res.loads

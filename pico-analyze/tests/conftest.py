@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+
 from pico_format import (
     CaptureManifest,
     RunInfo,

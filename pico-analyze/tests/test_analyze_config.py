@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from pico_analyze.components import ComponentSpec
 from pico_analyze.config import ConfigError, StepRange, config_from_dict, load_config
 from pico_analyze.defaults import default_metrics
@@ -119,5 +120,11 @@ def test_default_analysis_contents():
     # Only the modules a run captured are analysed by default.
     only_v = {e.label: e for e in default_metrics(["self_attn.v_proj"])}
     assert {c.module for c in only_v["cka@last"].components} == {"self_attn.v_proj"}
+    with_residual = {e.label: e for e in default_metrics(["self_attn.v_proj", "residual"])}
+    assert {c.module for c in with_residual["cka@last"].components} == {
+        "self_attn.v_proj",
+        "residual",
+    }
+    assert {c.module for c in with_residual["gini"].components} == {"self_attn.v_proj"}
     cfg = config_from_dict({"splits": ["train"]})  # defaults pin their own splits
     assert cfg.metrics[0].splits == ["eval"]

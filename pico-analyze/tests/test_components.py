@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from pico_analyze.components import (
     ComponentSpec,
     build,

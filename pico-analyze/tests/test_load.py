@@ -5,11 +5,19 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import CAPTURED
-from pico_analyze.load import LoadRequest, MissingData, SourceError, module_name, open_source
+from safetensors.torch import load_file
+
+from pico_analyze.load import (
+    LoadRequest,
+    MissingData,
+    SourceError,
+    module_name,
+    open_source,
+    parse_module,
+)
 from pico_analyze.sources import OriginalRun, PicoRun
 from pico_analyze.sources.original import canonical_name
 from pico_format import RunPaths
-from safetensors.torch import load_file
 
 
 def full_request(layers=2, splits=("train", "eval")) -> LoadRequest:
@@ -107,6 +115,14 @@ def test_original_run_layout(original_run):
     torch.testing.assert_close(act, raw["_forward_module.module.layers.0.attention.v_proj"].float())
     assert set(ckpt.weights) == {module_name(i, s) for i in range(2) for s in CAPTURED}
     assert ckpt.splits["eval"].token_ids is None
+
+
+def test_module_names():
+    assert module_name(3, "self_attn.v_proj") == "model.layers.3.self_attn.v_proj"
+    assert module_name(2, "residual") == "model.layers.2"  # the block output
+    assert parse_module("model.layers.2") == (2, "residual")
+    assert parse_module("model.layers.11.mlp.down_proj") == (11, "mlp.down_proj")
+    assert parse_module("lm_head") is None
 
 
 def test_open_source_rejects_unknown_folders(tmp_path):

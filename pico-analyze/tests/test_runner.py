@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 from conftest import make_pico_run
+
 from pico_analyze import analyze_run, compare_runs
 from pico_analyze.config import ConfigError
 from pico_analyze.metrics.registry import register_metric, unregister_metric
@@ -223,3 +224,54 @@ def test_compare_runs_of_different_width(pico_run, tmp_path):
     names = {p.name for p in result.plots}
     assert {"effective_rank.png", "cka@tiny.png", "cka@tiny_heatmap.png"} <= names
     assert "tiny, wide" in result.summary()
+
+
+def test_wandb_logging_is_lazy_and_optional(pico_run, tmp_path, monkeypatch):
+    import sys
+    import types
+
+    logged = {}
+
+    class FakeRun:
+        def log(self, data, step=None):
+            logged.setdefault("steps" if step is not None else "other", []).append(data)
+
+        def finish(self):
+            logged["finished"] = True
+
+    fake = types.SimpleNamespace(
+        init=lambda **kw: logged.setdefault("init", kw) and FakeRun(),
+        Table=lambda columns, data: ("table", len(data)),
+        Image=lambda path: ("image", path),
+    )
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    cfg = {
+        **NO_PLOTS,
+        "wandb": {"enabled": True, "project": "p"},
+        "metrics": [{"metric": "gini", "components": [V_ACT]}],
+    }
+    result = analyze_run(pico_run, cfg, tmp_path)
+    assert logged["init"]["project"] == "p" and logged["finished"]
+    assert len(logged["steps"]) == 3  # one log call per checkpoint
+    assert ("table", len(result.rows)) in [d.get("results") for d in logged["other"]]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_gpu_matches_cpu(pico_run, tmp_path):
+    cfg = {
+        **NO_PLOTS,
+        "metrics": [
+            {
+                "metric": m,
+                "components": [
+                    V_ACT,
+                    {"type": "ov_circuit", "kind": "activations", "heads": "both"},
+                ],
+            }
+            for m in ("cka", "effective_rank", "gini")
+        ],
+    }
+    cpu = analyze_run(pico_run, cfg, tmp_path / "cpu", device="cpu").rows
+    gpu = analyze_run(pico_run, cfg, tmp_path / "gpu", device="auto").rows
+    assert len(cpu) == len(gpu)
+    assert [r.value for r in gpu] == pytest.approx([r.value for r in cpu], rel=1e-6, abs=1e-9)

@@ -9,6 +9,7 @@ import shutil
 import huggingface_hub
 import pytest
 from huggingface_hub.utils import filter_repo_objects
+
 from pico_analyze import analyze_run
 from pico_analyze.load import open_source
 from pico_analyze.sources import HubRun

@@ -24,7 +24,6 @@ from pathlib import Path, PurePosixPath
 
 import torch
 import yaml
-from pico_format.layout import parse_step_dirname
 
 from pico_analyze.load import (
     KINDS,
@@ -37,6 +36,7 @@ from pico_analyze.load import (
     as_float32,
     module_name,
 )
+from pico_format.layout import parse_step_dirname
 
 ORIGINAL_CONFIG = "training_config.yaml"
 ORIGINAL_CHECKPOINTS = "checkpoints"

@@ -10,6 +10,18 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 
+from safetensors import SafetensorError, safe_open
+
+from pico_analyze.load import (
+    Checkpoint,
+    LoadRequest,
+    ModelShape,
+    Source,
+    SourceError,
+    SplitData,
+    as_float32,
+    parse_module,
+)
 from pico_format import (
     CaptureReader,
     CheckpointPaths,
@@ -29,18 +41,6 @@ from pico_format.layout import (
     MODEL_CONFIG,
     RUN_INFO,
     parse_step_dirname,
-)
-from safetensors import SafetensorError, safe_open
-
-from pico_analyze.load import (
-    Checkpoint,
-    LoadRequest,
-    ModelShape,
-    Source,
-    SourceError,
-    SplitData,
-    as_float32,
-    parse_module,
 )
 
 # Small files fetched first from a Hub copy: they list the steps, splits and modules.

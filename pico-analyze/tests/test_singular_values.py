@@ -1,0 +1,57 @@
+"""Shared singular values: the fast routes equal torch.linalg.svdvals; the memo is exact."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pico_analyze import singular_values as sv
+from pico_analyze.metrics import effective_rank, nuclear_norm, stable_rank
+from pico_analyze.singular_values import (
+    SharedSingularValues,
+    low_rank_singular_values,
+    reduced_singular_values,
+)
+
+
+def rand(*shape, seed):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def test_low_rank_singular_values_match_the_product():
+    a, b = rand(3, 40, 6, seed=1), rand(3, 6, 50, seed=2)
+    s = low_rank_singular_values(a, b)
+    assert s.shape == (3, 40)
+    torch.testing.assert_close(s, torch.linalg.svdvals(a @ b), atol=1e-12, rtol=1e-10)
+    assert torch.all(s[:, 6:] == 0)  # exact zeros beyond the rank
+
+
+@pytest.mark.parametrize("shape", [(30, 200), (200, 30), (40, 50)])
+def test_reduced_singular_values(shape):
+    x = rand(*shape, seed=3)
+    torch.testing.assert_close(reduced_singular_values(x), torch.linalg.svdvals(x))
+
+
+def test_memo_serves_one_decomposition_per_tensor(monkeypatch):
+    x = rand(20, 30, seed=4)
+    expected = (effective_rank(x), stable_rank(x), nuclear_norm(x))
+    calls = []
+    real = sv._svdvals
+    monkeypatch.setattr(sv, "_svdvals", lambda a: calls.append(a.shape) or real(a))
+    with SharedSingularValues() as svd:
+        got = (effective_rank(x), stable_rank(x), nuclear_norm(x))
+        assert len(svd.memo) == 1 and len(calls) == 1  # one SVD for three metrics
+        x.mul_(2.0)  # an in-place change bumps the version: the memo must not answer
+        assert nuclear_norm(x) == pytest.approx(2 * expected[2])
+        assert len(calls) == 2
+    assert got == pytest.approx(expected, rel=1e-12)
+    assert torch.linalg.svdvals is not svd._svdvals  # restored on exit
+
+
+def test_primed_values_are_used():
+    a, b = rand(16, 4, seed=5), rand(4, 16, seed=6)
+    m = a @ b
+    with SharedSingularValues() as svd:
+        svd.prime(m, low_rank_singular_values(a, b))
+        assert effective_rank(m) == pytest.approx(effective_rank(a @ b), rel=1e-10)
+        assert torch.linalg.svdvals(m)[4:].eq(0).all()
