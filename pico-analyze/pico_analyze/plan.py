@@ -102,7 +102,12 @@ def tasks_from(entries: list[MetricEntry], cfg: AnalysisConfig) -> list[Task]:
                 Task(
                     e.label,
                     e.metric,
-                    tuple(sorted(e.settings.items())),
+                    tuple(
+                        sorted(
+                            (k, tuple(v) if isinstance(v, list) else v)
+                            for k, v in e.settings.items()
+                        )
+                    ),  # hashable
                     spec.comparative,
                     e.target,
                     c,

@@ -114,5 +114,6 @@ def test_hub_errors_are_reported(monkeypatch):
     monkeypatch.setattr(huggingface_hub, "list_repo_files", offline)
     from pico_analyze.load import SourceError
 
-    with pytest.raises(SourceError, match="Cannot list Hugging Face repo 'me/x'.*no network"):
+    message = "Cannot list Hugging Face repo 'me/x'.*no local directory.*no network"
+    with pytest.raises(SourceError, match=message):
         open_source("hf://me/x").steps()

@@ -72,7 +72,8 @@ class HubRun(Source):
         except Exception as err:
             raise SourceError(
                 f"Cannot list Hugging Face repo '{self.repo_id}'"
-                f"{f' @ {self.revision}' if self.revision else ''}: {err}"
+                f"{f' @ {self.revision}' if self.revision else ''} (and no local directory "
+                f"'{self.repo_id}' exists): {err}"
             ) from None
         if PicoRun.detect_files(self.files):
             self.root = self._download(PicoRun.metadata_files(self.files))
