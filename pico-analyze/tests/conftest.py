@@ -82,7 +82,13 @@ def _train_a_bit(model: PicoDecoder, ids: torch.Tensor, lr: float = 0.05) -> Non
 
 
 def make_pico_run(
-    root: Path, steps=(0, 10, 20), d: int = 32, n: int = 24, seed: int = 0, splits=("train", "eval")
+    root: Path,
+    steps=(0, 10, 20),
+    d: int = 32,
+    n: int = 24,
+    seed: int = 0,
+    splits=("train", "eval"),
+    eval_seed: int = 1234,
 ) -> Path:
     """A run directory in our format with the given checkpoint steps."""
     torch.manual_seed(seed)
@@ -97,7 +103,7 @@ def make_pico_run(
             model_fingerprint=f"d{d}",
         ),
     )
-    eval_ids = _batches(n, 1234)  # the same held-out batch at every step and in every run
+    eval_ids = _batches(n, eval_seed)  # the same held-out batch at every step and in every run
     for k, step in enumerate(steps):
         if k:
             _train_a_bit(model, _batches(n, seed * 1000 + step))

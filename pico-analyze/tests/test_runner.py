@@ -275,3 +275,15 @@ def test_gpu_matches_cpu(pico_run, tmp_path):
     gpu = analyze_run(pico_run, cfg, tmp_path / "gpu", device="auto").rows
     assert len(cpu) == len(gpu)
     assert [r.value for r in gpu] == pytest.approx([r.value for r in cpu], rel=1e-6, abs=1e-9)
+
+
+def test_compare_refuses_runs_captured_on_different_batches(pico_run, tmp_path):
+    other = make_pico_run(tmp_path / "other", steps=(0, 10), eval_seed=7)
+    cfg = {
+        **NO_PLOTS,
+        "metrics": [],
+        "compare": {"metrics": [{"metric": "cka", "components": [V_ACT]}]},
+    }
+    rows = compare_runs([pico_run, other], cfg, tmp_path / "cmp").rows
+    assert len(rows) == 2 * 2  # common steps 0 and 10, two layers
+    assert all(math.isnan(r.value) and "token ids differ" in r.note for r in rows)
