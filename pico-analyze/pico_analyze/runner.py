@@ -6,7 +6,7 @@ the tensors the config needs, on the analysis device), builds each component onc
 returns :class:`~pico_analyze.plan.Row` objects for :mod:`pico_analyze.table`.
 
 * The metrics of one matrix share one singular value decomposition
-  (:mod:`pico_analyze.singular_values`); per-head circuits get theirs from their low-rank
+  (:mod:`pico_analyze.metrics.singular_values`); per-head circuits get theirs from their low-rank
   factors.
 
 * Comparative metrics are called ``fn(reference, current)``: the reference is the target step
@@ -36,6 +36,7 @@ from pico_analyze.config import AnalysisConfig, ConfigError
 from pico_analyze.load import Checkpoint, MissingData, Source
 from pico_analyze.metrics import get_metric
 from pico_analyze.metrics.registry import MetricError
+from pico_analyze.metrics.singular_values import SharedSingularValues, low_rank_singular_values
 from pico_analyze.plan import (
     ChunkResult,
     Job,
@@ -47,7 +48,6 @@ from pico_analyze.plan import (
     tasks_from,
     with_references,
 )
-from pico_analyze.singular_values import SharedSingularValues, low_rank_singular_values
 
 __all__ = ["Row", "run_analysis"]
 

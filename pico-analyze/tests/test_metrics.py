@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from pico_analyze import metrics as M
 from pico_analyze.metrics import MetricError
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pico_analyze import singular_values as sv
 from pico_analyze.metrics import effective_rank, nuclear_norm, stable_rank
-from pico_analyze.singular_values import (
+from pico_analyze.metrics import singular_values as sv
+from pico_analyze.metrics.singular_values import (
     SharedSingularValues,
     low_rank_singular_values,
     reduced_singular_values,
@@ -36,8 +36,8 @@ def test_memo_serves_one_decomposition_per_tensor(monkeypatch):
     x = rand(20, 30, seed=4)
     expected = (effective_rank(x), stable_rank(x), nuclear_norm(x))
     calls = []
-    real = sv._svdvals
-    monkeypatch.setattr(sv, "_svdvals", lambda a: calls.append(a.shape) or real(a))
+    real = sv.reduced_singular_values
+    monkeypatch.setattr(sv, "reduced_singular_values", lambda a: calls.append(a.shape) or real(a))
     with SharedSingularValues() as svd:
         got = (effective_rank(x), stable_rank(x), nuclear_norm(x))
         assert len(svd.memo) == 1 and len(calls) == 1  # one SVD for three metrics
@@ -45,7 +45,7 @@ def test_memo_serves_one_decomposition_per_tensor(monkeypatch):
         assert nuclear_norm(x) == pytest.approx(2 * expected[2])
         assert len(calls) == 2
     assert got == pytest.approx(expected, rel=1e-12)
-    assert torch.linalg.svdvals is not svd._svdvals  # restored on exit
+    assert sv._ACTIVE.get() is None  # the memo ends with the block
 
 
 def test_primed_values_are_used():
@@ -54,4 +54,4 @@ def test_primed_values_are_used():
     with SharedSingularValues() as svd:
         svd.prime(m, low_rank_singular_values(a, b))
         assert effective_rank(m) == pytest.approx(effective_rank(a @ b), rel=1e-10)
-        assert torch.linalg.svdvals(m)[4:].eq(0).all()
+        assert sv.singular_values(m)[4:].eq(0).all()

@@ -6,6 +6,7 @@ import torch
 
 from ._utils import as_matrix, as_tensor, float64
 from .registry import register_metric
+from .singular_values import singular_values
 
 __all__ = ["frobenius_norm", "nuclear_norm", "spectral_norm"]
 
@@ -23,10 +24,10 @@ def frobenius_norm(x: torch.Tensor) -> float:
 @register_metric("nuclear_norm", comparative=False)
 def nuclear_norm(x: torch.Tensor) -> float:
     """Nuclear (trace) norm ``||A||_* = sum_i sigma_i`` of a 2-D ``x`` (``(out, in)``)."""
-    return float(torch.linalg.svdvals(float64(as_matrix(x, "x"))).sum())
+    return float(singular_values(float64(as_matrix(x, "x"))).sum())
 
 
 @register_metric("spectral_norm", comparative=False)
 def spectral_norm(x: torch.Tensor) -> float:
     """Spectral (operator 2-) norm ``||A||_2 = sigma_max`` of a 2-D ``x`` (``(out, in)``)."""
-    return float(torch.linalg.svdvals(float64(as_matrix(x, "x")))[0])
+    return float(singular_values(float64(as_matrix(x, "x")))[0])

@@ -87,11 +87,11 @@ def _gram_terms(a: torch.Tensor, debiased: bool):
 
 
 def _hsic_gram(kt, lt, debiased: bool) -> torch.Tensor:
-    (k, k1, sum_k), (l, l1, sum_l) = kt, lt
-    tr = torch.dot(k.reshape(-1), l.reshape(-1))  # tr(K L) for symmetric K, L; no n x n temp
+    (gram_k, k1, sum_k), (gram_l, l1, sum_l) = kt, lt
+    tr = torch.dot(gram_k.reshape(-1), gram_l.reshape(-1))  # tr(K L), K and L symmetric
     if not debiased:
         return tr
-    n = k.shape[0]
+    n = gram_k.shape[0]
     return tr + sum_k * sum_l / ((n - 1) * (n - 2)) - 2.0 * (k1 @ l1) / (n - 2)
 
 

@@ -2,8 +2,9 @@
 condition number.
 
 Inputs are 2-D: weights ``(out, in)``, activations ``(n_samples, n_features)`` or gradients of
-a weight matrix. Singular values come from ``torch.linalg.svdvals`` in float64 on the input's
-device (no singular vectors are formed).
+a weight matrix. Singular values come from ``singular_values`` (metrics/singular_values.py) in
+float64 on the input's device: no singular vectors, and one decomposition shared by every
+spectral metric of a matrix inside the runner.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import torch
 
 from ._utils import as_matrix, check_rtol, float64
 from .registry import MetricError, register_metric
+from .singular_values import singular_values
 
 __all__ = [
     "condition_number",
@@ -23,7 +25,7 @@ __all__ = [
 
 def _singular_values(x, name: str = "x") -> tuple[torch.Tensor, torch.Tensor]:
     x = as_matrix(x, name)
-    s = torch.linalg.svdvals(float64(x))
+    s = singular_values(float64(x))
     return x, s
 
 

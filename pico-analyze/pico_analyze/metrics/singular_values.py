@@ -1,0 +1,106 @@
+"""Singular values for the spectral metrics: one exact decomposition per matrix.
+
+Effective rank, proportional effective rank, stable rank, condition number and the nuclear and
+spectral norms all start from the singular values of the same float64 matrix; they obtain them
+through :func:`singular_values`. Outside a :class:`SharedSingularValues` block that computes them;
+inside one (the runner opens one per checkpoint), the answer is memoised per tensor object and
+version counter (the memo holds the tensor, so its id cannot be reused), so all spectral metrics
+of a matrix share one decomposition. The memo lives in a context variable of this package: no
+library function is replaced.
+
+Routes, all backward stable (no Gram matrix is formed, so small singular values keep their
+accuracy) and all without singular vectors:
+
+* a product ``A @ B`` of rank r (A m x r, B r x n), such as a per-head OV circuit: from the
+  r x r core of two thin QR factorisations (:func:`low_rank_singular_values`), padded with zeros;
+  the runner primes the memo with these;
+* a matrix far from square (m >= 2n or n >= 2m): from the triangular factor of a QR
+  factorisation of its tall orientation (:func:`reduced_singular_values`);
+* otherwise ``torch.linalg.svdvals``.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+
+import torch
+
+__all__ = [
+    "SharedSingularValues",
+    "low_rank_singular_values",
+    "reduced_singular_values",
+    "singular_values",
+]
+
+
+def low_rank_singular_values(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Singular values of ``a @ b`` for a (..., m, r) and b (..., r, n), descending, padded with
+    zeros to min(m, n).
+
+    With thin QR factorisations ``a = Q_a R_a`` and ``b^T = Q_b R_b``,
+    ``a b = Q_a (R_a R_b^T) Q_b^T`` and Q_a, Q_b have orthonormal columns, so the non-zero
+    singular values of ``a b`` are those of the r x r core ``R_a R_b^T``.
+    """
+    m, n = a.shape[-2], b.shape[-1]
+    r_a = torch.linalg.qr(a, mode="r").R
+    r_b = torch.linalg.qr(b.mT, mode="r").R
+    core = torch.linalg.svdvals(r_a @ r_b.mT)  # (..., min(m, r, n))
+    pad = min(m, n) - core.shape[-1]
+    if pad > 0:
+        core = torch.cat([core, core.new_zeros(*core.shape[:-1], pad)], dim=-1)
+    return core
+
+
+def reduced_singular_values(x: torch.Tensor) -> torch.Tensor:
+    """Singular values of a matrix (or batch), through a QR reduction when it is far from square
+    (x^T x = R^T R, so x and R share singular values)."""
+    m, n = x.shape[-2], x.shape[-1]
+    if max(m, n) >= 2 * min(m, n):
+        tall = x.mT if m < n else x
+        return torch.linalg.svdvals(torch.linalg.qr(tall, mode="r").R)
+    return torch.linalg.svdvals(x)
+
+
+class SharedSingularValues:
+    """Context manager: within it, :func:`singular_values` is memoised per tensor."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.memo: dict[int, tuple[torch.Tensor, int, torch.Tensor]] = {}
+        self._token = None
+
+    def lookup(self, x: torch.Tensor) -> torch.Tensor:
+        hit = self.memo.get(id(x))
+        if hit is not None and hit[0] is x and hit[1] == x._version:
+            return hit[2]
+        s = reduced_singular_values(x)
+        self.memo[id(x)] = (x, x._version, s)
+        return s
+
+    def prime(self, tensor: torch.Tensor, values: torch.Tensor | None) -> None:
+        """Record known singular values of `tensor` (e.g. from its low-rank factors)."""
+        if self.enabled and values is not None:
+            self.memo[id(tensor)] = (tensor, tensor._version, values)
+
+    def clear(self) -> None:
+        self.memo.clear()
+
+    def __enter__(self) -> SharedSingularValues:
+        if self.enabled:
+            self._token = _ACTIVE.set(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._token is not None:
+            _ACTIVE.reset(self._token)
+            self._token = None
+        self.clear()
+
+
+_ACTIVE: ContextVar[SharedSingularValues | None] = ContextVar("pico_singular_values", default=None)
+
+
+def singular_values(x: torch.Tensor) -> torch.Tensor:
+    """Singular values of a 2-D tensor, descending (memoised inside SharedSingularValues)."""
+    shared = _ACTIVE.get()
+    return shared.lookup(x) if shared is not None else reduced_singular_values(x)
