@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from pico_format import RunPaths
+from pico_train.distributed import launch_command
 from pico_train.monitor import read_log
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,23 +36,7 @@ def run(run_dir: Path, nproc: int, config: str, overrides: list[str]) -> float:
     ]
     for o in overrides:
         args += ["--set", o]
-    if nproc == 1:
-        cmd = [sys.executable, "-m", "pico_train.cli", *args]
-    else:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            f"--nproc_per_node={nproc}",
-            "--master_addr=127.0.0.1",
-            f"--master_port={port}",
-            "-m",
-            "pico_train.cli",
-            *args,
-        ]
+    cmd = launch_command(nproc, args)
     began = time.perf_counter()
     subprocess.run(cmd, check=True, env={**os.environ})
     return time.perf_counter() - began

@@ -42,10 +42,6 @@ def main(argv: list[str]) -> None:
     analysis = analyze_run(result.run_dir)
     print()
     print(analysis.summary())
-    print(f"results table        {analysis.table_path}")
-    print("plots:")
-    for path in analysis.plots:
-        print(f"  {path}")
 
     from pico_train.cli import main as cli
 

@@ -73,3 +73,27 @@ def setup(device: str | None = None) -> Dist:
 def teardown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def launch_command(nproc: int, args: list[str]) -> list[str]:
+    """The command line that runs `pico-train ARGS` in `nproc` processes on this host (torchrun,
+    on a free local port); a plain single process when nproc is 1."""
+    import socket
+    import sys
+
+    if nproc == 1:
+        return [sys.executable, "-m", "pico_train.cli", *args]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        "--master_addr=127.0.0.1",
+        f"--master_port={port}",
+        "-m",
+        "pico_train.cli",
+        *args,
+    ]

@@ -1,14 +1,13 @@
 """torchrun with 2 CPU processes (gloo) equals one process: losses and captured files."""
 
 import os
-import socket
 import subprocess
-import sys
 
 import pytest
 import torch
 
 from pico_format import CaptureReader, RunPaths, list_checkpoints
+from pico_train.distributed import launch_command
 from pico_train.monitor import read_log
 
 from test_train import TINY
@@ -23,29 +22,9 @@ SETTINGS = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _train(run_dir, nproc):
     args = [a for o in [*SETTINGS, f"run_dir={run_dir}"] for a in ("--set", o)]
-    if nproc == 1:
-        cmd = [sys.executable, "-m", "pico_train.cli", "train", *args]
-    else:
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            f"--nproc_per_node={nproc}",
-            "--master_addr=127.0.0.1",
-            f"--master_port={_free_port()}",
-            "-m",
-            "pico_train.cli",
-            "train",
-            *args,
-        ]
+    cmd = launch_command(nproc, ["train", *args])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
