@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from pico_analyze.components import ComponentSpec
@@ -128,3 +130,17 @@ def test_default_analysis_contents():
     assert {c.module for c in with_residual["gini"].components} == {"self_attn.v_proj"}
     cfg = config_from_dict({"splits": ["train"]})  # defaults pin their own splits
     assert cfg.metrics[0].splits == ["eval"]
+
+
+def test_example_analysis_config_runs(pico_run, tmp_path):
+    """examples/analysis.yaml (shown in the README) is valid and runs end to end."""
+    import yaml
+
+    from pico_analyze import analyze_run
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "analysis.yaml"
+    raw = yaml.safe_load(path.read_text())
+    raw.pop("steps")  # the example names the demo's steps; this synthetic run has others
+    result = analyze_run(pico_run, raw, tmp_path / "out", progress=False)
+    labels = {r.metric for r in result.rows}
+    assert {"cka@last", "cka[debiased=False]@last", "procrustes_prev", "effective_rank"} <= labels
