@@ -95,6 +95,13 @@ def open_run(
             )
         if info.model_fingerprint != fingerprint and not problems:
             problems.append("model shape fingerprint differs")
+        if info.model_fingerprint != fingerprint and run.latest.is_file():
+            raise RunMismatchError(
+                f"'{run.root}' holds checkpoints of a different model:\n  "
+                + "\n  ".join(problems or ["model fingerprint differs"])
+                + "\n--force can resume with changed data, never with a changed model: use "
+                "another run_dir."
+            )
         if problems and not force:
             raise RunMismatchError(
                 f"'{run.root}' holds a run with a different model or data:\n  "

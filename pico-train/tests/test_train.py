@@ -109,8 +109,9 @@ KILLER = textwrap.dedent("""
 """)
 
 
-def _cli(run_dir, *extra, kill=None, check=True):
-    args = ["train", *[a for o in [*TINY, f"run_dir={run_dir}", *extra] for a in ("--set", o)]]
+def _cli(run_dir, *extra, kill=None, check=True, flags=()):
+    overrides = [*TINY, f"run_dir={run_dir}", *extra]
+    args = ["train", *flags, *[a for o in overrides for a in ("--set", o)]]
     if kill is None:
         cmd = [sys.executable, "-m", "pico_train.cli", *args]
     else:
@@ -147,6 +148,17 @@ def test_resume_with_different_model_is_refused(reference):
     proc = _cli(reference, "model.d_model=64", check=False)
     assert proc.returncode != 0
     assert "model.d_model: 32 -> 64" in proc.stderr
+
+
+def test_forced_resume_cannot_change_the_model_shape(reference, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(reference, copy)
+    before = {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()}
+    proc = _cli(copy, "model.d_model=64", check=False, flags=["--force"])
+    assert proc.returncode != 0 and "never with a changed model" in proc.stderr
+    assert {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()} == before
 
 
 def test_run_layout_and_contents(reference):
@@ -255,3 +267,39 @@ def test_local_parquet_dataset_and_tensorboard(tmp_path):
     result = train(config)
     assert result.last_loss is not None and len(losses(result.run_dir)) == 3
     assert list((Path(result.run_dir) / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_suite_config_trains_with_local_data(tmp_path):
+    """configs/tiny.yaml (the real tiny preset: 12 layers, vocab 50304) with the data pointed
+    at local files, as the README describes for offline use."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = torch.randint(0, 50304, (24, 33), generator=torch.Generator().manual_seed(0))
+    pq.write_table(pa.table({"input_ids": rows.tolist()}), tmp_path / "tokens.parquet")
+    tokenizer_dir = tmp_path / "tokenizer"
+    from pico_train.data import load_tokenizer
+
+    load_tokenizer(tiny_config(tmp_path / "unused")).save_pretrained(str(tokenizer_dir))
+    root = Path(__file__).resolve().parents[1] / "configs"
+    config = load_config(
+        root / "tiny.yaml",
+        [
+            f"run_dir={tmp_path / 'run'}",
+            f"data.dataset={tmp_path / 'tokens.parquet'}",
+            f"data.tokenizer={tokenizer_dir}",
+            "data.seq_len=32",
+            "data.eval_sequences=4",
+            "training.global_batch_size=4",
+            "training.micro_batch_size=4",
+            "training.max_steps=2",
+            "training.warmup_steps=1",
+            "training.compile=false",
+            "checkpointing.steps=[]",
+            "capture.batch_size=4",
+            "logging.progress=false",
+        ],
+    )
+    assert config.model.n_layers == 12 and config.model.vocab_size == 50304
+    result = train(config)
+    assert len(losses(result.run_dir)) == 2 and result.checkpoints == [2]
