@@ -107,6 +107,8 @@ class Trainer:
         self.resumed_from = resume_step
         if resume_step is not None:
             self._restore(resume_step)
+        if self.dist.is_main:  # drop what a killed run logged after its last checkpoint
+            truncate_log(self.run.log, resume_step if resume_step is not None else -1)
         self.autocast = autocast_for(config, self.dist.device)
         self.ddp = None
         if self.dist.enabled:
@@ -122,8 +124,6 @@ class Trainer:
         self.model.load_state_dict(state)
         trainer = load_training_state(ckpt, self.optimizer, self.param_names)
         self.counters = Counters(**trainer["counters"])
-        if self.dist.is_main:
-            truncate_log(self.run.log, step)
 
     # ------------------------------------------------------------------------------------------
 

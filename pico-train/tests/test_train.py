@@ -126,7 +126,13 @@ def _cli(run_dir, *extra, kill=None, check=True, flags=()):
 
 def test_sigkill_at_several_points_then_resume_is_bit_exact(reference, tmp_path):
     run_dir = tmp_path / "run"
-    points = [("after_step", 2), ("mid_checkpoint", 2), ("before_pointer", 2), ("after_step", 10)]
+    points = [
+        ("mid_checkpoint", 1),  # inside the very first checkpoint: the rerun starts afresh
+        ("after_step", 2),
+        ("mid_checkpoint", 2),
+        ("before_pointer", 2),
+        ("after_step", 10),
+    ]
     for point in points:
         proc = _cli(run_dir, kill=point)
         assert proc.returncode == -9, (point, proc.stderr[-2000:])
@@ -134,6 +140,8 @@ def test_sigkill_at_several_points_then_resume_is_bit_exact(reference, tmp_path)
     expected = losses(reference)
     assert len(expected) == 12
     assert losses(run_dir) == expected  # float equality: bit for bit
+    steps = lambda d: [(r["step"], sorted(r)) for r in read_log(RunPaths(d).log)]
+    assert steps(run_dir) == steps(reference)  # no record lost or repeated by the restarts
     ref_w, got_w = final_weights(reference), final_weights(run_dir)
     assert all(torch.equal(ref_w[k], got_w[k]) for k in ref_w)
     assert list_checkpoints(RunPaths(run_dir)) == list_checkpoints(RunPaths(reference))
