@@ -1,7 +1,9 @@
 """Learning-dynamics capture: activations, weights and gradients of chosen modules.
 
 Reads the model (where it is: same device, no copy), a CaptureConfig and, per split, this rank's
-rows of the captured batch (`train`: the step's global batch; `eval`: the fixed held-out batch).
+rows of the captured batch. `train` at checkpoint k is the global batch that the k-th optimizer
+step trained on (batch 0 at step 0), seen by the weights after that step; `eval` is the fixed
+held-out batch, the same at every step and in every run that shares data settings.
 Writes, on rank 0, one folder per split through pico_format (`write_capture` /
 `StreamingSafetensorsWriter`): activations (module outputs, reduced over positions by the
 policy), weights (fp32) and gradients dLoss/dW (fp32, mean over every captured token).
