@@ -267,11 +267,26 @@ class Trainer:
                 )
             if ckpt is not None:
                 save_model_files(ckpt.root, self.model, self.tokenizer)
+                t = c.training
                 save_training_state(
                     ckpt,
                     self.optimizer,
                     self.param_names,
-                    {"counters": asdict(self.counters), "data_fingerprint": self.data.fingerprint},
+                    {
+                        "counters": asdict(self.counters),
+                        "data_fingerprint": self.data.fingerprint,
+                        # The order is a function of the batch index: the cursor is the next one.
+                        "data_cursor": {
+                            "next_batch": step,
+                            "sequences_consumed": step * t.global_batch_size,
+                        },
+                        # The schedule is a pure function of the step (optim.lr_at).
+                        "scheduler": {
+                            "schedule": t.schedule,
+                            "step": step,
+                            "next_lr": lr_at(step, t) if step < t.max_steps else None,
+                        },
+                    },
                 )
                 write_json_atomic(ckpt.eval, {"step": step, **scores})
         if self.dist.is_main:

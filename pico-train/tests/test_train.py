@@ -177,6 +177,9 @@ def test_run_layout_and_contents(reference):
     ckpt = run.checkpoint(12)
     for name in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json"):
         assert (ckpt.root / name).is_file(), name
+    state = json.loads(ckpt.trainer.read_text())
+    assert state["counters"]["step"] == 12 and state["data_cursor"]["next_batch"] == 12
+    assert {"optimizer", "rng", "scheduler", "data_fingerprint"} <= set(state)
     ev = json.loads(ckpt.eval.read_text())
     assert ev["eval_tokens"] == 4 * 32 and ev["eval_perplexity"] > 1
     log = read_log(run.log)
