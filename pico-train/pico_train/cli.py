@@ -6,6 +6,7 @@ or writes runs (through train.py). Errors the user can fix are printed as one cl
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -129,6 +130,8 @@ def train(config_path, preset, overrides, force, device) -> None:
         if type(err).__name__ == "RunMismatchError":
             _fail(str(err))
         raise
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun, rank 0 reports
     if result.first_loss is not None:
         ppl = result.eval.get("eval_perplexity")
         click.echo(
