@@ -125,13 +125,19 @@ def _heatmap(fig: Figure, ax, rows: list[Row]) -> None:
     fig.colorbar(image, ax=ax)
 
 
+def _grouped(rows: list[Row]) -> dict[tuple, list[Row]]:
+    """Rows of one metric label split into panels (kind, component, module, split)."""
+    groups: dict[tuple, list[Row]] = defaultdict(list)
+    for r in rows:
+        groups[_group(r)].append(r)
+    return groups
+
+
 def plot_run(rows: list[Row], out_dir: Path) -> list[Path]:
     """Per metric label: lines per layer over steps, and a layer x step heatmap."""
     written = []
     for label, lrows in _by_label([r for r in rows if not _cross(r)]).items():
-        groups: dict[tuple, list[Row]] = defaultdict(list)
-        for r in lrows:
-            groups[_group(r)].append(r)
+        groups = _grouped(lrows)
         fig, axes = _figure(len(groups))
         for ax, (group, grows) in zip(axes, groups.items()):
             _layer_lines(ax, grows)
@@ -155,9 +161,7 @@ def plot_compare(rows: list[Row], out_dir: Path) -> list[Path]:
     runs = list(dict.fromkeys(r.run for r in rows))
     cmap = colormaps["tab10"]
     for label, lrows in _by_label([r for r in rows if not _cross(r)]).items():
-        groups: dict[tuple, list[Row]] = defaultdict(list)
-        for r in lrows:
-            groups[_group(r)].append(r)
+        groups = _grouped(lrows)
         fig, axes = _figure(len(groups))
         for ax, (group, grows) in zip(axes, groups.items()):
             per_layer = _series(grows, lambda r: (r.run, r.layer))

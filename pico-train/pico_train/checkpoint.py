@@ -10,6 +10,7 @@ Writes, into a checkpoint folder opened by `pico_format.checkpoint_transaction`:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from dataclasses import asdict
@@ -252,6 +253,4 @@ def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> No
 
 def model_fingerprint(c: ModelConfig) -> str:
     """Identity of the model shape, to refuse resuming with a different model."""
-    import hashlib
-
     return hashlib.sha256(json.dumps(asdict(c), sort_keys=True).encode()).hexdigest()[:16]

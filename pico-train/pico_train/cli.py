@@ -126,10 +126,6 @@ def train(config_path, preset, overrides, force, device) -> None:
         result = run_training(c, force=force, device=None if device == "auto" else device)
     except (ConfigError, RunFormatError, DataError, TrainingError) as err:
         _fail(str(err))
-    except RuntimeError as err:
-        if type(err).__name__ == "RunMismatchError":
-            _fail(str(err))
-        raise
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun, rank 0 reports
     if result.first_loss is not None:

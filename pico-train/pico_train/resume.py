@@ -15,7 +15,6 @@ import yaml
 
 from pico_format import (
     SCHEMA_VERSION,
-    RunFormatError,
     RunInfo,
     RunPaths,
     clean_temporary,
@@ -136,4 +135,4 @@ def open_run(
     return None
 
 
-__all__ = ["RunFormatError", "RunMismatchError", "open_run", "config_differences"]
+__all__ = ["RunMismatchError", "open_run", "config_differences"]

@@ -8,7 +8,6 @@ step, and "if due: evaluate, capture, save". Everything else lives in its own mo
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 import time
@@ -66,7 +65,7 @@ def autocast_for(config: RunConfig, device: torch.device):
         precision = "bf16" if device.type == "cuda" else "fp32"
     if precision == "bf16":
         return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext
+    return nullcontext
 
 
 def seed_everything(seed: int) -> None:
@@ -228,11 +227,12 @@ class Trainer:
         train_batch: this rank's rows of the global batch that step `step` trained on.
         """
         c = self.config
+        eval_rows = self.data.eval_batch()
         scores = {}
         if c.evaluation.enabled:
             scores = heldout_loss(
                 self.model,
-                self.data.eval_batch(),
+                eval_rows,
                 c.evaluation.batch_size,
                 self.dist,
                 self.autocast,
@@ -243,14 +243,10 @@ class Trainer:
                 f"{scores['eval_perplexity']:.2f}"
             )
             result.eval = scores
-        opened = (
-            checkpoint_transaction(self.run, step)
-            if self.dist.is_main
-            else contextlib.nullcontext(None)
-        )
+        opened = checkpoint_transaction(self.run, step) if self.dist.is_main else nullcontext(None)
         with opened as ckpt:
             if c.capture.enabled:
-                batches = {"train": train_batch, "eval": self.data.eval_batch()}
+                batches = {"train": train_batch, "eval": eval_rows}
                 batches = {
                     s: rows_for_capture(s, batches[s], c.capture.batch_size, self.dist)
                     for s in c.capture.splits
