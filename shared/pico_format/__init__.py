@@ -1,5 +1,6 @@
 """pico-format: the run-directory contract between pico-train and pico-analyze."""
 
+from pico_format.benchmarks import benchmark_rows, read_benchmarks, write_benchmarks
 from pico_format.capture import (
     CaptureManifest,
     CaptureReader,
@@ -26,6 +27,9 @@ from pico_format.run import (
 )
 
 __all__ = [
+    "benchmark_rows",
+    "read_benchmarks",
+    "write_benchmarks",
     "CaptureManifest",
     "CaptureReader",
     "capture_splits",
