@@ -5,6 +5,7 @@ names (:mod:`pico_format.modules`), the capture manifest (:mod:`pico_format.capt
 safe writes and reads (:mod:`pico_format.run`).
 """
 
+from pico_format.benchmarks import benchmark_rows, read_benchmarks, write_benchmarks
 from pico_format.capture import (
     CaptureManifest,
     CaptureReader,
@@ -60,6 +61,9 @@ __all__ = [
     "RESIDUAL",
     "SCHEMA_VERSION",
     "TRAIN_SPLIT",
+    "benchmark_rows",
+    "read_benchmarks",
+    "write_benchmarks",
     "CaptureManifest",
     "CaptureReader",
     "CheckpointPaths",

@@ -12,6 +12,7 @@ RUN/
       config.json  model.safetensors  generation_config.json  tokenizer.json ...
                            the Hugging Face model files: AutoModelForCausalLM loads this folder
       eval.json            held-out loss and perplexity
+      benchmarks.json      `pico-train eval` results (lm-eval harness), see pico_format.benchmarks
       state/               training state for exact resume (pruned to the last K)
         optimizer.safetensors  rng.safetensors  trainer.json
       capture/<split>/     learning dynamics for split train | eval
@@ -46,6 +47,7 @@ MODEL_WEIGHTS = "model.safetensors"
 GENERATION_CONFIG = "generation_config.json"
 TOKENIZER = "tokenizer.json"  # the fast tokenizer; save_pretrained writes its companions beside
 EVAL = "eval.json"
+BENCHMARKS = "benchmarks.json"
 CHECKPOINT_MANIFEST = "checkpoint.json"
 STATE = "state"
 OPTIMIZER = "optimizer.safetensors"
@@ -105,6 +107,10 @@ class CheckpointPaths:
     @property
     def eval(self) -> Path:
         return self.root / EVAL
+
+    @property
+    def benchmarks(self) -> Path:
+        return self.root / BENCHMARKS
 
     @property
     def manifest(self) -> Path:

@@ -178,3 +178,26 @@ def test_load_capture_by_step_split_kind_module(tmp_path):
         write_capture(ckpt, manifest, {"activations": {"m": t}})
     assert torch.equal(load_capture(tmp_path, 8, "train", "activations", "m"), t)
     assert open_capture(tmp_path, 8, "train").manifest.positions == "mean"
+
+
+def test_benchmarks_round_trip_and_rows(tmp_path):
+    from pico_format import benchmark_rows, read_benchmarks, write_benchmarks
+
+    ckpt = RunPaths(tmp_path).checkpoint(300)
+    ckpt.root.mkdir(parents=True)
+    assert read_benchmarks(ckpt) is None
+    data = {
+        "step": 300,
+        "harness": "lm-eval",
+        "harness_version": "0.4.13",
+        "limit": None,
+        "tasks": {"t": {"version": 1.0, "n_shot": 0, "metrics": {"acc": 0.5, "acc_stderr": 0.1}}},
+    }
+    assert write_benchmarks(ckpt, data) == ckpt.benchmarks == ckpt.root / "benchmarks.json"
+    assert read_benchmarks(ckpt.root) == data
+    assert benchmark_rows(data) == [
+        {"step": 300, "task": "t", "metric": "acc", "value": 0.5, "stderr": 0.1, "n_shot": 0}
+    ]
+    ckpt.benchmarks.write_text(json.dumps({"step": 1, "tasks": {}}))
+    with pytest.raises(RunFormatError, match="expected the keys"):
+        read_benchmarks(ckpt)
