@@ -9,8 +9,9 @@ default plan as :data:`Default` tuples (metric, components, splits, target), whi
 from __future__ import annotations
 
 from pico_analyze.components import ComponentSpec
-from pico_analyze.load import DEFAULT_SUFFIXES, RESIDUAL
 from pico_analyze.metrics import list_metrics
+from pico_format.modules import DEFAULT_CAPTURE_SUFFIXES as DEFAULT_SUFFIXES
+from pico_format.modules import RESIDUAL
 
 
 def _simple(kind: str, suffixes: list[str]) -> list[ComponentSpec]:

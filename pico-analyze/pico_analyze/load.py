@@ -19,20 +19,10 @@ once, and only in part.
 
 from __future__ import annotations
 
-import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 import torch
-
-KINDS = ("activations", "weights", "gradients")
-
-# What pico-train (and the original pico-train) capture by default.
-DEFAULT_SUFFIXES = ("self_attn.v_proj", "self_attn.o_proj", "mlp.down_proj")
-
-# The block's output (the residual stream after block i), captured with capture.residual.
-RESIDUAL = "residual"
-_CANONICAL = re.compile(r"^model\.layers\.(\d+)(?:\.(.+))?$")
 
 
 class SourceError(RuntimeError):
@@ -44,18 +34,6 @@ class MissingData(LookupError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
-
-
-def module_name(layer: int, suffix: str) -> str:
-    """Canonical module name of `suffix` in block `layer` (transformers' Llama naming);
-    suffix ``residual`` names the block itself (its output is the residual stream)."""
-    return f"model.layers.{layer}" if suffix == RESIDUAL else f"model.layers.{layer}.{suffix}"
-
-
-def parse_module(name: str) -> tuple[int, str] | None:
-    """(layer, suffix) of a canonical block module name, or None."""
-    match = _CANONICAL.match(name)
-    return (int(match.group(1)), match.group(2) or RESIDUAL) if match else None
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,12 @@ from pico_analyze.load import (
     LoadRequest,
     MissingData,
     SourceError,
-    module_name,
-    parse_module,
 )
 from pico_analyze.sources import OriginalRun, PicoRun, open_source
 from pico_analyze.sources.original import canonical_name
 from pico_format import RunPaths
+from pico_format.modules import module_name
+from pico_format.modules import parse_module_name as parse_module
 
 
 def full_request(layers=2, splits=("train", "eval")) -> LoadRequest:
