@@ -30,7 +30,8 @@ def build_optimizer(model: nn.Module, t: TrainingConfig) -> tuple[torch.optim.Ad
         {"params": [p for _, p in decay], "weight_decay": t.weight_decay},
         {"params": [p for _, p in plain], "weight_decay": 0.0},
     ]
-    on_cuda = all(p.is_cuda for _, p in named)
+    # Fused kernels for plain CUDA tensors; FSDP2's sharded DTensors take the foreach path.
+    on_cuda = all(p.is_cuda and not hasattr(p, "placements") for _, p in named)
     optimizer = torch.optim.AdamW(
         groups, lr=t.lr, betas=tuple(t.betas), eps=t.eps, fused=True if on_cuda else None
     )

@@ -18,22 +18,32 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file
-from torch.nn.parallel import DistributedDataParallel
 
-from pico_format import EVAL_SPLIT, TRAIN_SPLIT, RunPaths
-from pico_train import distributed
+from pico_format import EVAL_SPLIT, TRAIN_SPLIT, RunFormatError, RunPaths
+from pico_train import distributed, loss
 from pico_train.checkpoint import CheckpointContents, load_training_state, write_checkpoint
-from pico_train.config import RunConfig, checkpoint_steps
-from pico_train.data import build_data
+from pico_train.config import ConfigError, RunConfig, checkpoint_steps
+from pico_train.data import DataError, build_data
 from pico_train.evaluate import heldout_loss
 from pico_train.model import PicoDecoder
 from pico_train.monitor import Monitor, truncate_log
 from pico_train.optim import build_optimizer, lr_at
+from pico_train.parallelize import (
+    activation_checkpointing_paused,
+    full_model,
+    optimizer_for_checkpoint,
+    parallelize,
+)
 from pico_train.resume import open_run
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. too many non-finite losses in a row)."""
+
+
+# Raised alike on every rank (the config, run directory, data or loss all ranks share): under
+# torchrun only rank 0 prints them.
+ERRORS_ON_EVERY_RANK = (ConfigError, RunFormatError, DataError, TrainingError)
 
 
 @dataclass
@@ -92,36 +102,35 @@ def _open_run_on_main(
 class Trainer:
     def __init__(self, config: RunConfig, *, force: bool = False, device: str | None = None):
         self.config = config
-        self.dist = distributed.setup(device)
+        self.dist = distributed.setup(device, config.distributed.timeout_s)
         self.run = RunPaths(config.run_dir)
         seed_everything(config.training.seed)
         self.data = build_data(config)
         self.tokenizer = self.data.tokenizer
         resume_step = _open_run_on_main(self.run, config, self.data.fingerprint, force, self.dist)
 
-        self.model = PicoDecoder(config.model).to(self.dist.device)
+        self.autocast = autocast_for(config, self.dist.device)
+        model = PicoDecoder(config.model).to(self.dist.device)
+        if resume_step is not None:  # full weights, before any wrapping or sharding
+            ckpt = self.run.checkpoint(resume_step)
+            model.load_state_dict(load_file(str(ckpt.model_weights), device=str(self.dist.device)))
+        bf16 = self.autocast is not nullcontext
+        self.parallel = parallelize(model, config, self.dist, bf16=bf16)
+        self.model = self.parallel.model
+        loss.set_implementation("auto", compile_chunks=self.parallel.compiled)
         self.optimizer, self.param_names = build_optimizer(self.model, config.training)
         self.counters = Counters()
         self.resumed_from = resume_step
         if resume_step is not None:
-            self._restore(resume_step)
+            optimizer = optimizer_for_checkpoint(self.parallel, self.optimizer, self.param_names)
+            trainer = load_training_state(
+                self.run.checkpoint(resume_step), optimizer, self.param_names
+            )
+            self.counters = Counters(**trainer["counters"])
         if self.dist.is_main:  # drop what a killed run logged after its last checkpoint
             truncate_log(self.run.log, resume_step if resume_step is not None else -1)
-        self.autocast = autocast_for(config, self.dist.device)
-        self.ddp = None
-        if self.dist.enabled:
-            ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
-            self.ddp = DistributedDataParallel(self.model, device_ids=ids)
-        forward = self.ddp if self.ddp is not None else self.model
-        self.forward = torch.compile(forward) if config.training.compile else forward
         self.save_steps = checkpoint_steps(config)
-
-    def _restore(self, step: int) -> None:
-        ckpt = self.run.checkpoint(step)
-        state = load_file(str(ckpt.model_weights), device=str(self.dist.device))
-        self.model.load_state_dict(state)
-        trainer = load_training_state(ckpt, self.optimizer, self.param_names)
-        self.counters = Counters(**trainer["counters"])
+        self._compile_pending = self.parallel.compiled
 
     # ------------------------------------------------------------------------------------------
 
@@ -136,16 +145,14 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.dist.device)
         for i, chunk in enumerate(micro):
             chunk = chunk.to(self.dist.device, non_blocking=True)
-            last = i == len(micro) - 1
-            # DDP all-reduces gradients on the last micro-batch only.
-            sync = self.ddp.no_sync() if self.ddp is not None and not last else nullcontext()
-            with sync:
+            # DDP and FSDP reduce gradients over ranks on the last micro-batch only.
+            with self.parallel.grad_sync(last=i == len(micro) - 1):
                 with self.autocast():
-                    loss = self.forward(chunk[:, :-1], chunk[:, 1:]) / len(micro)
+                    loss = self.parallel.forward(chunk[:, :-1], chunk[:, 1:]) / len(micro)
                 loss.backward()
             loss_sum += loss.detach()
         max_norm = training.grad_clip if training.grad_clip > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        grad_norm = self.parallel.clip_grad_norm(max_norm)
         return self.dist.sum(loss_sum) / self.dist.world_size, grad_norm
 
     def fit(self) -> TrainResult:
@@ -195,6 +202,11 @@ class Trainer:
             result.first_loss = loss_value
         result.last_loss = loss_value
         self._log_step(monitor, loss_value, lr, norm_value, tokens_per_s)
+        if self._compile_pending:  # the first step of a compiled model includes compiling it
+            self._compile_pending = False
+            seconds = time.perf_counter() - tick
+            monitor.log({"step": counters.step, "compile_s": seconds})
+            monitor.write(f"torch.compile: first step {seconds:.1f} s, compilation included.")
         if counters.bad_in_row >= training.max_bad_steps:
             raise TrainingError(
                 f"{counters.bad_in_row} non-finite losses in a row at step {counters.step} "
@@ -235,28 +247,36 @@ class Trainer:
 
         train_batch: this rank's rows of the global batch that step `step` trained on.
         """
+        model = full_model(self.parallel)  # gathered from the shards under FSDP
         eval_rows = self.data.eval_batch()
-        scores = self.evaluate(step, eval_rows, monitor) if self.config.evaluation.enabled else {}
-        if scores:
+        scores = {}
+        if self.config.evaluation.enabled:
+            scores = self.evaluate(step, eval_rows, monitor, model)
             result.eval = scores
+        optimizer = optimizer_for_checkpoint(
+            self.parallel, self.optimizer, self.param_names, gather=True
+        )
         contents = CheckpointContents(
             step=step,
-            model=self.model,
+            model=model,
             tokenizer=self.tokenizer,
-            optimizer=self.optimizer,
+            optimizer=optimizer,
             param_names=self.param_names,
             counters=asdict(self.counters),
             data_fingerprint=self.data.fingerprint,
             scores=scores,
             batches={TRAIN_SPLIT: train_batch, EVAL_SPLIT: eval_rows},
         )
-        write_checkpoint(self.run, contents, self.config, self.dist, self.autocast)
+        with activation_checkpointing_paused():
+            write_checkpoint(self.run, contents, self.config, self.dist, self.autocast)
         result.checkpoints.append(step)
 
-    def evaluate(self, step: int, eval_rows: torch.Tensor, monitor: Monitor) -> dict[str, float]:
+    def evaluate(
+        self, step: int, eval_rows: torch.Tensor, monitor: Monitor, model: PicoDecoder
+    ) -> dict[str, float]:
         """Held-out loss and perplexity at `step`, logged and printed."""
         scores = heldout_loss(
-            self.model, eval_rows, self.config.evaluation.batch_size, self.dist, self.autocast
+            model, eval_rows, self.config.evaluation.batch_size, self.dist, self.autocast
         )
         monitor.log({"step": step, **scores})
         monitor.write(
@@ -268,8 +288,11 @@ class Trainer:
 
 def train(config: RunConfig, *, force: bool = False, device: str | None = None) -> TrainResult:
     """Train (or resume) the run described by `config`."""
-    trainer = Trainer(config, force=force, device=device)
     try:
-        return trainer.fit()
-    finally:
-        distributed.teardown()
+        result = Trainer(config, force=force, device=device).fit()
+    except BaseException as err:
+        # Under torchrun: print the error once and exit now, never wait on the other ranks.
+        distributed.stop_on_error(err, same_on_every_rank=ERRORS_ON_EVERY_RANK)
+        raise
+    distributed.teardown()
+    return result

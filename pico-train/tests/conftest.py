@@ -37,3 +37,9 @@ def tok_dir(tok, tmp_path_factory):
     path = tmp_path_factory.mktemp("tokenizer")
     tok.save_pretrained(path)
     return path
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "slow: end-to-end subprocess runs (torchrun, CLI); `-m 'not slow'` skips them"
+    )
