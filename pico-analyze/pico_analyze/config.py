@@ -35,6 +35,7 @@ from typing import Any
 import yaml
 
 from pico_analyze.components import ComponentSpec
+from pico_analyze.defaults import Default, default_compare_plan, default_plan
 from pico_analyze.metrics import get_metric, list_metrics
 from pico_analyze.metrics.registry import UnknownMetricError
 from pico_analyze.sources.original import SUFFIXES as ORIGINAL_SUFFIXES
@@ -279,6 +280,20 @@ def _entries(raw: Any, path: str, components: dict[str, ComponentSpec]) -> list[
     return [_entry(r, f"{path}[{i}]", components) for i, r in enumerate(raw)]
 
 
+def _default_entries(plan: list[Default]) -> list[MetricEntry]:
+    return [MetricEntry(metric=m, components=c, splits=s, target=t) for m, c, s, t in plan]
+
+
+def default_metrics(captured: list[str] | None = None) -> list[MetricEntry]:
+    """The analysis `pico-analyze run` does with no config (see :func:`defaults.default_plan`)."""
+    return _default_entries(default_plan(captured))
+
+
+def default_compare_metrics(captured: list[str] | None = None) -> list[MetricEntry]:
+    """What `pico-analyze compare` measures across runs with no config."""
+    return _default_entries(default_compare_plan(captured))
+
+
 def config_from_dict(
     raw: dict[str, Any] | None, captured: list[str] | None = None
 ) -> AnalysisConfig:
@@ -312,8 +327,6 @@ def config_from_dict(
     if not isinstance(comps, dict):
         raise ConfigError(f"components: expected a mapping of name -> component, got {comps!r}.")
     cfg.components = {str(k): _component(v, f"components.{k}") for k, v in comps.items()}
-    from pico_analyze.defaults import default_compare_metrics, default_metrics
-
     if "metrics" in raw:
         cfg.metrics = _entries(raw["metrics"], "metrics", cfg.components)
     else:

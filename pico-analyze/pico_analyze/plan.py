@@ -1,10 +1,10 @@
-"""The plan of an analysis: what to measure, for which runs, steps and layers; and the row type.
+"""The plan of an analysis: what to measure, for which runs, steps and layers.
 
 Reads an :class:`~pico_analyze.config.AnalysisConfig` and the runs' sources (their steps and
 shapes, not their tensors) and writes plain, picklable data for the runner: a :class:`Task` per
 (metric entry, component), a :class:`RunPlan` per run (analysed steps, layers, and the one
 :class:`~pico_analyze.load.LoadRequest` every checkpoint is read with), :class:`Job` chunks of
-steps for worker processes, and the :class:`Row` the results table is made of.
+steps for worker processes.
 """
 
 from __future__ import annotations
@@ -18,25 +18,7 @@ from pico_analyze.components import ComponentSpec
 from pico_analyze.config import AnalysisConfig, ConfigError, MetricEntry
 from pico_analyze.load import LoadRequest, Source
 from pico_analyze.metrics import get_metric
-
-
-@dataclass
-class Row:
-    """One measured value: the results table's columns."""
-
-    run: str
-    step: int
-    split: str | None
-    component: str  # simple | ov_circuit | ov_circuit_concat | qk_circuit | qk_circuit_concat
-    kind: str
-    module: str
-    layer: int
-    head: int | None
-    metric: str  # the entry's label
-    function: str  # the registered metric
-    reference: str | None  # comparative: "step N" or "run NAME"
-    value: float
-    note: str = ""
+from pico_analyze.table import Row
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from pico_format import (
     write_capture,
     write_run_info,
 )
+from pico_format.modules import layer_index, module_name
 from pico_train.checkpoint import save_model_files
 from pico_train.config import ModelConfig
 from pico_train.model import PicoDecoder
@@ -49,7 +50,7 @@ def tiny_config(d: int = 32, layers: int = 2, heads: int = 4, kv: int = 2) -> Mo
 def capture(model: PicoDecoder, ids: torch.Tensor) -> tuple[dict, float]:
     """{kind: {module: tensor}} for the captured modules: last-position outputs, weights,
     dLoss/dW of the batch's mean next-token loss."""
-    names = [f"model.layers.{i}.{s}" for i in range(model.config.n_layers) for s in CAPTURED]
+    names = [module_name(i, s) for i in range(model.config.n_layers) for s in CAPTURED]
     modules = dict(model.named_modules())
     acts, hooks = {}, []
     for name in names:
@@ -117,7 +118,7 @@ def make_pico_run(
                     step=step,
                     split=split,
                     modules=names,
-                    layers={m: int(m.split(".")[2]) for m in names},
+                    layers={m: layer_index(m) for m in names},
                     positions="last",
                     position_indices=[SEQ - 1],
                     seq_len=SEQ,

@@ -218,6 +218,11 @@ def test_compare_runs_of_different_width(pico_run, tmp_path):
     cross = by(result.rows, metric="cka@tiny")
     assert len(cross) == 3 * 2 * 2  # steps x layers x components
     assert all(r.run == "wide" and r.reference == "run tiny" for r in cross)
+    assert all(
+        r.cross_run and r.reference_run == "tiny" and r.reference_step == r.step for r in cross
+    )
+    own = by(result.rows, metric="effective_rank")
+    assert own and not any(r.cross_run or r.reference_run for r in own)
     assert all(math.isfinite(r.value) and -0.5 < r.value <= 1.0 for r in cross)
     assert len(by(result.rows, metric="procrustes@tiny")) == 6
     assert {r.run for r in by(result.rows, metric="effective_rank")} == {"tiny", "wide"}

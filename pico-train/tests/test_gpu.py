@@ -15,7 +15,7 @@ from pico_train.model import PicoDecoder
 from pico_train.monitor import read_log
 from pico_train.train import train
 
-from test_train import tiny_config
+from tiny_runs import tiny_config
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CFG = ModelConfig(

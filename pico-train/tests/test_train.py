@@ -17,37 +17,7 @@ from pico_train.config import load_config
 from pico_train.monitor import read_log
 from pico_train.train import TrainingError, train
 
-# A model small enough that a step takes milliseconds; the data settings are shared by every
-# test so the tokenizer is trained once per session (cached under PICO_CACHE).
-TINY = [
-    "preset=demo",
-    "model.d_model=32",
-    "model.n_layers=2",
-    "model.n_heads=4",
-    "model.n_kv_heads=2",
-    "model.mlp_hidden=64",
-    "model.vocab_size=512",
-    "model.max_seq_len=32",
-    "data.tokenizer_vocab_size=300",
-    "data.eval_sequences=4",
-    "data.seq_len=32",
-    "training.global_batch_size=4",
-    "training.micro_batch_size=2",
-    "training.lr=3e-3",
-    "training.warmup_steps=2",
-    "training.max_steps=12",
-    "checkpointing.every=3",
-    "checkpointing.steps=[0,1]",
-    "checkpointing.keep_states=2",
-    "evaluation.batch_size=4",
-    "capture.batch_size=4",
-    "capture.micro_batch_size=2",
-    "logging.progress=false",
-]
-
-
-def tiny_config(run_dir, *extra):
-    return load_config(overrides=[*TINY, f"run_dir={run_dir}", *extra])
+from tiny_runs import TINY, tiny_config
 
 
 def losses(run_dir) -> dict[int, float]:
@@ -336,7 +306,7 @@ def test_suite_config_trains_with_local_data(tmp_path):
     rows = torch.randint(0, 50304, (24, 33), generator=torch.Generator().manual_seed(0))
     pq.write_table(pa.table({"input_ids": rows.tolist()}), tmp_path / "tokens.parquet")
     tokenizer_dir = tmp_path / "tokenizer"
-    from pico_train.data import load_tokenizer
+    from pico_train.tokenizer import load_tokenizer
 
     load_tokenizer(tiny_config(tmp_path / "unused")).save_pretrained(str(tokenizer_dir))
     root = Path(__file__).resolve().parents[1] / "configs"

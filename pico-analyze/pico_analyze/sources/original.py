@@ -26,7 +26,6 @@ import torch
 import yaml
 
 from pico_analyze.load import (
-    KINDS,
     Checkpoint,
     LoadRequest,
     ModelShape,
@@ -34,9 +33,10 @@ from pico_analyze.load import (
     SourceError,
     SplitData,
     as_float32,
-    module_name,
 )
+from pico_format import CAPTURE_KINDS as KINDS
 from pico_format.layout import parse_step_dirname
+from pico_format.modules import module_name
 
 ORIGINAL_CONFIG = "training_config.yaml"
 ORIGINAL_CHECKPOINTS = "checkpoints"
