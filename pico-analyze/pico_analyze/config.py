@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from pico_analyze.components import ComponentSpec
@@ -188,6 +189,23 @@ def _target(value: Any, path: str) -> str | int | None:
     raise ConfigError(f"{path}: expected one of {TARGETS} or a step number, got {value!r}.")
 
 
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def check_device(value: Any, path: str) -> str:
+    """`value` if it names a device (auto, cpu, cuda, cuda:N, mps); else a ConfigError."""
+    text = str(value)
+    if text == "auto":
+        return text
+    try:
+        kind = torch.device(text).type
+    except (RuntimeError, ValueError, TypeError):
+        kind = None
+    if kind not in DEVICE_TYPES:
+        raise ConfigError(f"{path}: '{text}' is not a device; use auto, cpu, cuda, cuda:N or mps.")
+    return text
+
+
 def _bool(value: Any, path: str) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"{path}: expected true or false, got {value!r}.")
@@ -318,7 +336,7 @@ def config_from_dict(
         if key in raw:
             setattr(cfg, key, _bool(raw[key], key))
     if "device" in raw:
-        cfg.device = str(raw["device"])
+        cfg.device = check_device(raw["device"], "device")
     if raw.get("workers") is not None:
         cfg.workers = _int(raw["workers"], "workers")
     if "wandb" in raw:
@@ -388,7 +406,8 @@ def load_config(
 
 
 def validate(cfg: AnalysisConfig) -> None:
-    """Whole-config checks: targets, the train-split guard, label collisions."""
+    """Whole-config checks: the device, targets, the train-split guard, label collisions."""
+    cfg.device = check_device(cfg.device, "device")
     seen: dict[str, tuple[int, set[str]]] = {}
     for i, e in enumerate(cfg.metrics):
         if e.comparative and e.target is None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import CAPTURED
 from safetensors.torch import load_file
 
 from pico_analyze.load import (
@@ -17,6 +16,8 @@ from pico_analyze.sources.original import canonical_name
 from pico_format import RunPaths
 from pico_format.modules import module_name
 from pico_format.modules import parse_module_name as parse_module
+
+from synthetic_runs import CAPTURED
 
 
 def full_request(layers=2, splits=("train", "eval")) -> LoadRequest:

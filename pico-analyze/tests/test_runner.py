@@ -6,12 +6,13 @@ import math
 
 import pytest
 import torch
-from conftest import make_pico_run
 
 from pico_analyze import analyze_run, compare_runs
 from pico_analyze.config import ConfigError
 from pico_analyze.metrics.registry import register_metric, unregister_metric
 from pico_analyze.table import read_table
+
+from synthetic_runs import make_pico_run
 
 V_ACT = {"type": "simple", "kind": "activations", "module": "self_attn.v_proj"}
 NO_PLOTS = {"plots": False, "progress": False}

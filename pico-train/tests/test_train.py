@@ -46,18 +46,19 @@ KILLER = textwrap.dedent("""
     import os, signal, sys
     point, arg = sys.argv[1], int(sys.argv[2])
     sys.argv = ["pico-train", *sys.argv[3:]]
+    import pico_train.checkpoint as checkpoint_mod
     import pico_train.train as train_mod
     import pico_format.run as run_mod
     die = lambda: os.kill(os.getpid(), signal.SIGKILL)
     calls = {"n": 0}
     if point == "mid_checkpoint":  # after the model files, before the state and the rename
-        real = train_mod.save_training_state
+        real = checkpoint_mod.save_training_state
         def patched(*a, **k):
             calls["n"] += 1
             if calls["n"] == arg:
                 die()
             return real(*a, **k)
-        train_mod.save_training_state = patched
+        checkpoint_mod.save_training_state = patched
     elif point == "after_step":  # between checkpoints, right after logging step `arg`
         real = train_mod.Monitor.log
         def patched(self, record):
@@ -249,9 +250,9 @@ def test_nonfinite_losses_stop_with_last_checkpoint_intact(tmp_path, monkeypatch
 
 
 def test_full_disk_keeps_previous_checkpoint(tmp_path, monkeypatch):
-    import pico_train.train as train_mod
+    import pico_train.checkpoint as checkpoint_mod
 
-    real = train_mod.save_model_files
+    real = checkpoint_mod.save_model_files
     calls = {"n": 0}
 
     def full_disk(*a, **k):
@@ -260,7 +261,7 @@ def test_full_disk_keeps_previous_checkpoint(tmp_path, monkeypatch):
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(*a, **k)
 
-    monkeypatch.setattr(train_mod, "save_model_files", full_disk)
+    monkeypatch.setattr(checkpoint_mod, "save_model_files", full_disk)
     config = tiny_config(tmp_path / "run", "capture.enabled=false")
     with pytest.raises(RunFormatError, match="Disk full"):
         train(config)
