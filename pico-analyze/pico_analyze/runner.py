@@ -5,6 +5,10 @@ the tensors the config needs, on the analysis device), builds each component onc
 (:mod:`pico_analyze.components`), applies every metric entry that uses it and writes nothing: it
 returns :class:`~pico_analyze.table.Row` objects for :mod:`pico_analyze.table`.
 
+* Metrics get each tensor as loaded (float32 captures stay float32; bf16 ones are upcast to
+  float32 by the loader, exactly; circuits are float64 products), so every value in the table
+  equals a direct call of the metric on that tensor, and rank tolerances documented for the
+  input's dtype hold in the table too.
 * The metrics of one matrix share one singular value decomposition
   (:mod:`pico_analyze.metrics.singular_values`); per-head circuits get theirs from their low-rank
   factors.
@@ -71,10 +75,7 @@ class _State:
         if key not in self.cache:
             get = lambda kind, mod: self.ckpt.tensor(kind, mod, split)  # noqa: E731
             try:
-                values = build(spec, layer, get, self.ckpt.shape)
-                for v in values:  # float64 once here, not once per metric
-                    if v.tensor.dtype != torch.float64 and v.tensor.device.type != "mps":
-                        v.tensor = v.tensor.double()
+                values = build(spec, layer, get, self.ckpt.shape)  # as loaded: no upcast
                 heads = [v for v in values if v.factors is not None]
                 if heads and self.share_svd:  # all heads' singular values in one batched call
                     a = torch.stack([v.factors[0] for v in heads])

@@ -20,7 +20,6 @@ import contextlib
 import fnmatch
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pico_format import (
@@ -133,8 +132,7 @@ def _forward_pass(model, rows, cfg, autocast, hooks_for, weights=None):
         handles = hooks_for()
         try:
             with torch.enable_grad() if weights else torch.no_grad(), autocast():
-                logits = model(x)  # (b, T, V)
-                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum")
+                loss = model(x, y, reduction="sum")  # summed token losses (loss.next_token_loss)
             if weights:
                 for acc, g in zip(grads, torch.autograd.grad(loss, weights)):
                     acc += g.float()

@@ -231,8 +231,8 @@ def test_nonfinite_losses_stop_with_last_checkpoint_intact(tmp_path, monkeypatch
     real = PicoDecoder.forward
     calls = {"n": 0}
 
-    def poisoned(self, input_ids, targets=None, cache=None):
-        out = real(self, input_ids, targets, cache)
+    def poisoned(self, input_ids, targets=None, cache=None, **kwargs):
+        out = real(self, input_ids, targets, cache, **kwargs)
         if targets is not None and self.training:
             calls["n"] += 1
             if calls["n"] > 6:  # steps 1-3 (two micro-batches each) are fine
