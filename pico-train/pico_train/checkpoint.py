@@ -22,7 +22,16 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from pico_format import CheckpointPaths, RunFormatError, read_json, write_json_atomic
+from pico_format import (
+    CheckpointPaths,
+    RunFormatError,
+    RunPaths,
+    latest_step,
+    list_checkpoints,
+    read_json,
+    write_json_atomic,
+)
+from pico_format.layout import CHECKPOINTS
 from pico_train import __version__
 from pico_train.config import ModelConfig, validate_model
 from pico_train.model import PicoDecoder
@@ -117,7 +126,31 @@ def save_model_files(
     generation = {k: v for k, v in ids.items() if v is not None}
     write_json_atomic(folder / "generation_config.json", {**generation, "do_sample": False})
     if tokenizer is not None:
-        tokenizer.save_pretrained(str(folder))
+        save_tokenizer_files(tokenizer, folder)
+
+
+# transformers 4.x knows no "TokenizersBackend" (5.x's name for a plain fast tokenizer) and reads
+# "extra_special_tokens" as a dict; 5.x loads the 4.x spelling of both.
+_PORTABLE_CLASS = {"TokenizersBackend": "PreTrainedTokenizerFast"}
+
+
+def save_tokenizer_files(tokenizer, folder: str | Path) -> None:
+    """save_pretrained, then rewrite tokenizer_config.json so transformers 4.x and 5.x load it:
+    the class PreTrainedTokenizerFast, additional special tokens as a list."""
+    tokenizer.save_pretrained(str(folder))
+    path = Path(folder) / "tokenizer_config.json"
+    if not path.is_file():
+        return
+    config = json.loads(path.read_text())
+    cls = config.get("tokenizer_class")
+    config["tokenizer_class"] = _PORTABLE_CLASS.get(cls, cls)
+    if config.get("backend") == "tokenizers":
+        del config["backend"]
+    extra = config.get("extra_special_tokens")
+    if isinstance(extra, list):
+        del config["extra_special_tokens"]
+        config["additional_special_tokens"] = extra
+    write_json_atomic(path, config)
 
 
 def special_token_ids(tokenizer) -> dict[str, int | None]:
@@ -254,3 +287,65 @@ def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> No
 def model_fingerprint(c: ModelConfig) -> str:
     """Identity of the model shape, to refuse resuming with a different model."""
     return hashlib.sha256(json.dumps(asdict(c), sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------------
+# Finding checkpoints
+# ----------------------------------------------------------------------------------------------
+
+
+def find_checkpoints(
+    path: str | Path, steps: list[int] | str | None = None
+) -> list[CheckpointPaths]:
+    """Checkpoint folders named by a path and steps.
+
+    `path` is a checkpoint folder or a run directory. steps None: the folder itself, or the run's
+    latest checkpoint; a list: those steps of the run (each must exist); "all": every complete
+    checkpoint of the run. Raises RunFormatError naming what is missing.
+    """
+    path = Path(path)
+    if (path / "config.json").is_file():
+        ckpt = CheckpointPaths(path)
+        if steps is None:
+            return [ckpt]
+        run_root = path.parent.parent if path.parent.name == CHECKPOINTS else None
+        if run_root is None:
+            raise RunFormatError(
+                f"'{path}' is a single model folder, not a run: it has no steps to choose from."
+            )
+        path = run_root
+    run = RunPaths(path)
+    if not run.checkpoints.is_dir():
+        raise RunFormatError(f"'{path}' is neither a checkpoint folder nor a run directory.")
+    have = list_checkpoints(run)
+    if not have:
+        raise RunFormatError(f"Run '{path}' has no complete checkpoint yet.")
+    if steps is None:
+        chosen = [latest_step(run) or have[-1]]
+    elif steps == "all":
+        chosen = have
+    else:
+        missing = [s for s in steps if s not in have]
+        if missing:
+            raise RunFormatError(
+                f"Run '{path}' has no checkpoint at step {', '.join(map(str, missing))} "
+                f"(it has steps {', '.join(map(str, have))})."
+            )
+        chosen = list(steps)
+    return [run.checkpoint(s) for s in chosen]
+
+
+def checkpoint_step(ckpt: CheckpointPaths) -> int | None:
+    """The training step of a checkpoint folder (None for a model folder outside a run)."""
+    try:
+        return ckpt.step
+    except ValueError:
+        return None
+
+
+def run_of(ckpt: CheckpointPaths) -> RunPaths | None:
+    """The run directory holding a checkpoint folder, if it is inside one."""
+    root = ckpt.root.parent.parent
+    if ckpt.root.parent.name == CHECKPOINTS and RunPaths(root).info.is_file():
+        return RunPaths(root)
+    return None

@@ -45,6 +45,7 @@ from pico_train.corpus import (
     open_corpus,
     train_bpe_tokenizer,
 )
+from pico_train.qwen2_tokenizer import QWEN2, qwen2_tokenizer
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -66,8 +67,9 @@ def load_tokenizer(config: RunConfig) -> PreTrainedTokenizerBase:
     """The run's tokenizer, with an EOS token and no more tokens than the model's vocabulary.
 
     data.tokenizer None: a byte-level BPE (data.tokenizer_vocab_size) trained on the corpus's
-    text, cached by content; a path: a tokenizer.json file or tokenizer folder; otherwise a Hub
-    name for AutoTokenizer.from_pretrained.
+    text, cached by content; "qwen2": the Qwen2 tokenizer converted offline (qwen2_tokenizer.py);
+    a path: a tokenizer.json file or tokenizer folder; otherwise a Hub name for
+    AutoTokenizer.from_pretrained.
     """
     name = config.data.tokenizer
     if name is None:
@@ -105,6 +107,8 @@ def _load_named_tokenizer(name: str) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     path = Path(name).expanduser()
+    if name == QWEN2 and not path.exists():
+        return qwen2_tokenizer()
     if path.is_file():
         if path.suffix != ".json":
             raise DataError(

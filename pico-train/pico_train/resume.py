@@ -76,6 +76,7 @@ def open_run(
     *,
     force: bool = False,
     write: bool = True,
+    hardware: str | None = None,
 ) -> int | None:
     """Prepare `run` for `config`; return the step to resume from, or None for a fresh start.
 
@@ -129,7 +130,7 @@ def open_run(
                 code_version=code_version(),
                 data_fingerprint=data_fingerprint,
                 model_fingerprint=fingerprint,
-                extra={"host": socket.gethostname()},
+                extra={"host": socket.gethostname(), "hardware": hardware},
             ),
         )
     return None

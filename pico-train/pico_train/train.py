@@ -81,7 +81,8 @@ def _open_run_on_main(
     outcome: tuple[str, Any] = ("ok", None)
     if dist.is_main:
         try:
-            outcome = ("ok", open_run(run, config, fingerprint, force=force))
+            hardware = distributed.describe_hardware(dist)
+            outcome = ("ok", open_run(run, config, fingerprint, force=force, hardware=hardware))
         except Exception as err:  # re-raised on every rank below
             outcome = ("error", f"{type(err).__name__}: {err}")
     outcome = dist.broadcast_object(outcome)
