@@ -11,7 +11,11 @@ __all__ = ["AnalysisResult", "analyze_run", "compare_runs", "__version__"]
 
 def __getattr__(name: str):
     # Lazy, so `import pico_analyze.metrics` does not pull in plotting and the runner.
-    if name in ("AnalysisResult", "analyze_run", "compare_runs"):
+    if name == "AnalysisResult":
+        from pico_analyze.result import AnalysisResult
+
+        return AnalysisResult
+    if name in ("analyze_run", "compare_runs"):
         from pico_analyze import analyze
 
         return getattr(analyze, name)

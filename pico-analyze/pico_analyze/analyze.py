@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -22,38 +21,14 @@ import yaml
 from pico_analyze import plots as plotting
 from pico_analyze import report
 from pico_analyze.config import AnalysisConfig, config_to_dict, load_config
-from pico_analyze.load import Source, open_source
-from pico_analyze.plan import ChunkResult, Row
+from pico_analyze.load import Source
+from pico_analyze.result import AnalysisResult
 from pico_analyze.runner import run_analysis
-from pico_analyze.sources.hub import HubRun
+from pico_analyze.sources import HubRun, open_source
 from pico_analyze.table import write_table
 
 log = logging.getLogger("pico_analyze")
 ANALYSIS_DIR, COMPARE_DIR = "analysis", "analysis-compare"
-
-
-@dataclass
-class AnalysisResult:
-    """What an analysis wrote, and its rows in memory."""
-
-    out_dir: Path
-    table_path: Path  # results.csv
-    table_paths: list[Path]  # CSV, then parquet (or JSON lines)
-    plots: list[Path]
-    rows: list[Row]
-    runs: list[str]
-    steps: dict[str, list[int]]
-    seconds: float
-    stats: ChunkResult = field(repr=False, default_factory=ChunkResult)
-    summary_path: Path | None = None
-
-    @property
-    def notes(self) -> list[Row]:
-        """Rows whose value could not be measured or carries a warning."""
-        return [r for r in self.rows if r.note]
-
-    def summary(self) -> str:
-        return report.summarize(self)
 
 
 def _config(
@@ -95,8 +70,9 @@ def _finish(
         seconds=time.perf_counter() - started,
         stats=stats,
     )
+    result.summary_text = report.summarize(result)
     result.summary_path = out_dir / "summary.txt"
-    result.summary_path.write_text(result.summary() + "\n")
+    result.summary_path.write_text(result.summary_text + "\n")
     if cfg.wandb.enabled:
         report.log_wandb(result, cfg.wandb, config_to_dict(cfg))
     return result

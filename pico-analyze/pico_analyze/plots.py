@@ -22,7 +22,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from pico_analyze.plan import Row
+from pico_analyze.table import Row
 
 PLOTS_DIR = "plots"
 PANEL_W, PANEL_H, MAX_COLS, DPI = 4.6, 3.3, 3, 90
@@ -45,7 +45,7 @@ def _title(group: tuple) -> str:
 
 
 def _cross(row: Row) -> bool:
-    return bool(row.reference) and row.reference.startswith("run ")
+    return row.cross_run
 
 
 def _by_label(rows: list[Row]) -> dict[str, list[Row]]:
@@ -191,7 +191,7 @@ def plot_compare(rows: list[Row], out_dir: Path) -> list[Path]:
             _layer_lines(ax, grows, others)
             ax.set_title(_title(group), fontsize=9)
             ax.set_xlabel("step")
-        fig.suptitle(f"{label}: similarity to {lrows[0].reference.removeprefix('run ')}")
+        fig.suptitle(f"{label}: similarity to {lrows[0].reference_run}")
         written.append(_save(fig, out_dir / PLOTS_DIR / f"{safe_name(label)}.png"))
         panels = [(g, run) for g in groups for run in others]
         fig, axes = _figure(len(panels))

@@ -14,6 +14,7 @@ import click
 
 from pico_format import (
     CaptureReader,
+    CheckpointPaths,
     RunFormatError,
     RunPaths,
     capture_splits,
@@ -142,7 +143,7 @@ def train(config_path, preset, overrides, force, device) -> None:
 
 def resolve_checkpoint(path: Path) -> Path:
     """A checkpoint folder, or a run directory (its latest checkpoint)."""
-    if (path / "config.json").is_file():
+    if CheckpointPaths(path).model_config.is_file():
         return path
     run = RunPaths(path)
     step = latest_step(run) if run.latest.is_file() else None

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import os
+import sys
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +23,45 @@ import yaml
 
 class ConfigError(ValueError):
     """A configuration that cannot run: names the key and the fix."""
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Parse a YAML file; a syntax or encoding error names the file and line (ConfigError)."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[: err.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}, line {line}: not UTF-8 text (byte 0x{err.object[err.start]:02x}); save "
+            f"the file as UTF-8."
+        ) from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror or err}.") from None
+    return parse_yaml(text, str(path))
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """Parse YAML text; errors become one line: `SOURCE, line N: problem`."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+        where = f", line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        context = getattr(err, "context", None)
+        detail = f"{context}: {problem}" if context else problem
+        raise ConfigError(f"{source}{where}: invalid YAML ({detail}).") from None
+
+
+def dump_yaml(data: Any) -> str:
+    """YAML text of plain data, keys in order and no `&id001` anchors for repeated values."""
+
+    class _NoAliases(yaml.SafeDumper):
+        def ignore_aliases(self, data: Any) -> bool:
+            return True
+
+    return yaml.dump(data, Dumper=_NoAliases, sort_keys=False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -174,7 +217,8 @@ class LoggingConfig:
 
 @dataclass
 class RunConfig:
-    run_dir: str = "runs/demo"
+    # None: runs/<config file name>, else runs/<preset>, else runs/run (see load_config).
+    run_dir: str | None = None
     preset: str | None = None  # a key of PRESETS: the base shape that `model` overrides
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -186,7 +230,7 @@ class RunConfig:
 
     @property
     def seq_len(self) -> int:
-        return self.data.seq_len or self.model.max_seq_len
+        return self.model.max_seq_len if self.data.seq_len is None else self.data.seq_len
 
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(dataclasses.asdict(self))
@@ -205,9 +249,12 @@ def _to_plain(value: Any) -> Any:
     return value
 
 
-def _nearest(key: str, options: list[str]) -> str:
+def _nearest(key: str, options: list[str], prefix: str = "") -> str:
+    """A hint naming the closest valid key in full (`training.max_steps`), or all of them."""
     match = difflib.get_close_matches(key, options, n=1, cutoff=0.5)
-    return f" Did you mean '{match[0]}'?" if match else f" Valid keys: {', '.join(options)}."
+    if match:
+        return f" Did you mean '{prefix}{match[0]}'?"
+    return f" Valid keys: {', '.join(prefix + o for o in options)}."
 
 
 def _coerce(value: Any, hint: Any, path: str) -> Any:
@@ -248,9 +295,11 @@ def _coerce(value: Any, hint: Any, path: str) -> Any:
                     number = int(number)
                 if not isinstance(number, int):
                     raise ValueError
-            return number
         except (TypeError, ValueError):
             raise ConfigError(f"{path}: expected {hint.__name__}, got {value!r}.") from None
+        if hint is float and not math.isfinite(number):
+            raise ConfigError(f"{path}: must be a finite number, got {value!r}.")
+        return number
     if hint is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{path}: expected a string, got {value!r}.")
@@ -267,7 +316,9 @@ def _build(cls: type, raw: dict[str, Any], path: str, base: Any = None) -> Any:
     for key, value in raw.items():
         full = f"{path}.{key}" if path else key
         if key not in names:
-            raise ConfigError(f"Unknown config key '{full}'.{_nearest(key, names)}")
+            raise ConfigError(
+                f"Unknown config key '{full}'.{_nearest(key, names, f'{path}.' if path else '')}"
+            )
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
             value = _build(hint, value or {}, full, getattr(obj, key))
@@ -280,23 +331,40 @@ def _build(cls: type, raw: dict[str, Any], path: str, base: Any = None) -> Any:
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``a.b=c`` -> (["a", "b"], yaml-parsed c)."""
     if "=" not in text:
-        raise ConfigError(f"Override '{text}' must look like section.key=value.")
+        raise ConfigError(
+            f"Override '{text}' must look like section.key=value (with '=', no spaces)."
+        )
     key, value = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(value) if value.strip() else None
+    keys = key.strip().split(".")
+    if not all(keys):
+        raise ConfigError(f"Override '{text}': '{key}' is not a dot-path key like training.lr.")
+    return keys, parse_yaml(value, f"--set {text}") if value.strip() else None
+
+
+def print_note(message: str) -> None:
+    """Print a note about an adjusted config on stderr (rank 0 only under torchrun)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"note: {message}", file=sys.stderr, flush=True)
 
 
 def load_config(
     path: str | Path | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     preset: str | None = None,
+    *,
+    note: Callable[[str], None] | None = print_note,
 ) -> RunConfig:
-    """YAML file (optional) + dot-path overrides + preset -> validated RunConfig."""
+    """YAML file (optional) + dot-path overrides + preset -> validated RunConfig.
+
+    Harmless adjustments (explicit checkpoint steps past the end, dropped) and doubtful choices
+    (an embedding table much larger than the tokenizer) are reported through `note`.
+    """
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"Config file '{path}' does not exist.")
-        loaded = yaml.safe_load(path.read_text())
+        loaded = read_yaml(path)
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"Config file '{path}' must hold a mapping of sections.")
         raw = loaded or {}
@@ -318,8 +386,42 @@ def load_config(
         base.model = dataclasses.replace(PRESETS[name])
         base.data = dataclasses.replace(base.data, tokenizer=PRESET_TOKENIZERS.get(name))
     config = _build(RunConfig, raw, "", base)
+    if config.run_dir is None:
+        name = Path(path).stem if path is not None else config.preset or "run"
+        config.run_dir = f"runs/{name}"
+    notes = _adjust(config)
     validate(config)
+    for message in notes + _doubts(config):
+        if note is not None:
+            note(message)
     return config
+
+
+def _adjust(c: RunConfig) -> list[str]:
+    """Drop explicit checkpoint steps past the end of the run; say so."""
+    late = [s for s in c.checkpointing.steps if s > c.training.max_steps]
+    if not late:
+        return []
+    c.checkpointing.steps = [s for s in c.checkpointing.steps if s <= c.training.max_steps]
+    return [
+        f"checkpointing.steps {late} lie beyond training.max_steps={c.training.max_steps}; "
+        f"dropped (the final step is always saved)."
+    ]
+
+
+def _doubts(c: RunConfig) -> list[str]:
+    """Valid but probably unintended settings."""
+    out = []
+    vocab, tokens = c.model.vocab_size, c.data.tokenizer_vocab_size
+    if c.data.tokenizer is None and vocab > 2 * tokens:
+        fit = -(-tokens // 64) * 64
+        out.append(
+            f"model.vocab_size={vocab} but the trained tokenizer has {tokens} tokens: "
+            f"{vocab - tokens} embedding rows are never used and the first loss is about "
+            f"ln({vocab})={math.log(vocab):.1f}. --set model.vocab_size={fit} sizes the model "
+            f"to the tokenizer."
+        )
+    return out
 
 
 def config_from_dict(raw: dict[str, Any]) -> RunConfig:
@@ -408,10 +510,13 @@ def validate(c: RunConfig) -> None:
     )
     _require(t.lr > 0, "training.lr", "must be positive.")
     _require(0 <= t.min_lr_ratio <= 1, "training.min_lr_ratio", "must lie in [0, 1].")
+    _require(t.warmup_steps >= 0, "training.warmup_steps", "must be 0 or positive.")
     _require(
-        0 <= t.warmup_steps <= t.max_steps,
+        t.warmup_steps <= t.max_steps,
         "training.warmup_steps",
-        f"must lie in [0, max_steps={t.max_steps}].",
+        f"{t.warmup_steps} is longer than the run (training.max_steps={t.max_steps}); add "
+        f"--set training.warmup_steps={t.max_steps // 10} (a tenth of the run) or raise "
+        f"training.max_steps.",
     )
     _require(
         t.schedule in ("cosine", "linear", "constant"),
@@ -434,7 +539,7 @@ def validate(c: RunConfig) -> None:
     _require(
         all(0 <= s <= t.max_steps for s in k.steps),
         "checkpointing.steps",
-        f"every step must lie in [0, max_steps={t.max_steps}].",
+        f"every step must lie in [0, max_steps={t.max_steps}], got {k.steps}.",
     )
     _require(k.keep_states >= 1, "checkpointing.keep_states", "must be at least 1.")
     _require(c.evaluation.batch_size > 0, "evaluation.batch_size", "must be positive.")

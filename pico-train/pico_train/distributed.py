@@ -18,7 +18,6 @@ import torch.distributed as dist
 class Dist:
     rank: int = 0
     world_size: int = 1
-    local_rank: int = 0
     device: torch.device = torch.device("cpu")
 
     @property
@@ -67,7 +66,7 @@ def setup(device: str | None = None) -> Dist:
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world)
-    return Dist(rank=rank, world_size=world, local_rank=local, device=dev)
+    return Dist(rank=rank, world_size=world, device=dev)
 
 
 def describe_hardware(d: Dist) -> str:

@@ -33,11 +33,11 @@ from pico_train.checkpoint import (
     hf_config,
     load_model,
     run_of,
-    save_tokenizer_files,
     special_token_ids,
 )
 from pico_train.gguf_export import GGUF_TYPES, GGUFExportError, check_gguf_exportable, write_gguf
 from pico_train.model_card import render_model_card
+from pico_train.tokenizer import save_tokenizer
 
 __all__ = ["DTYPES", "ExportError", "ExportResult", "export_checkpoint"]
 
@@ -140,7 +140,7 @@ def export_checkpoint(
         result.files = ["config.json", "generation_config.json"]
         result.files += _write_weights(tmp, state, max_shard_size)
         if tokenizer is not None:
-            save_tokenizer_files(tokenizer, tmp)
+            save_tokenizer(tokenizer, tmp)
             result.files += sorted(p.name for p in tmp.glob("tokenizer*") if p.is_file())
         gguf_name = None
         if gguf is not None:

@@ -57,7 +57,7 @@ class Monitor:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as err:
                 raise RuntimeError("logging.tensorboard needs `pip install tensorboard`.") from err
-            self._tb = SummaryWriter(log_dir=str(run.root / "tensorboard"))
+            self._tb = SummaryWriter(log_dir=str(run.tensorboard))
         if config.logging.wandb:
             try:
                 import wandb

@@ -27,11 +27,10 @@ only by weight decay and never sampled by a trained model.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from importlib import resources
 from pathlib import Path
 
+from pico_format import atomic_path
 from pico_train.corpus import DataError, cache_root
 
 __all__ = [
@@ -152,13 +151,9 @@ def qwen2_tokenizer_file() -> Path:
     key = hashlib.sha256(f"{digest}:{CONVERTER_VERSION}".encode()).hexdigest()[:16]
     path = cache_root() / "tokenizers" / f"qwen2-{key}" / "tokenizer.json"
     if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
         blob = build_qwen2_tokenizer_json(vocab_file)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(blob)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)  # concurrent converters write the same content
+        with atomic_path(path) as tmp:  # concurrent converters write the same content
+            tmp.write_text(blob, encoding="utf-8")
     return path
 
 

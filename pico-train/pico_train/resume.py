@@ -1,8 +1,10 @@
 """Opening a run directory: a new run, or a resume of the same run.
 
-Reads RUN/run.json, RUN/config.yaml and the `latest` pointer through pico_format; writes them for
-a new run. A directory that holds something else, or a run whose model or data differ from the
-config given, is refused with a message saying what differs (unless forced).
+Reads RUN/run.json, RUN/config.yaml and the `latest` pointer through pico_format; writes
+run.json and config.yaml for a new run (and config.yaml, plus run.json when forced, on a resume),
+after removing what an interrupted checkpoint write left behind. A directory that holds something
+else, or a run whose model or data differ from the config given, is refused with a message saying
+what differs (unless forced). Only rank 0 calls :func:`open_run`; train.py broadcasts its answer.
 """
 
 from __future__ import annotations
@@ -60,12 +62,12 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
 
 def config_differences(old: dict, new: dict, sections=("model", "data")) -> list[str]:
     """Dot-path keys of `sections` whose values differ, as 'key: old -> new'."""
-    a = _flatten({s: old.get(s, {}) for s in sections})
-    b = _flatten({s: new.get(s, {}) for s in sections})
+    before = _flatten({s: old.get(s, {}) for s in sections})
+    after = _flatten({s: new.get(s, {}) for s in sections})
     return [
-        f"{k}: {a.get(k)!r} -> {b.get(k)!r}"
-        for k in sorted(set(a) | set(b))
-        if a.get(k) != b.get(k)
+        f"{key}: {before.get(key)!r} -> {after.get(key)!r}"
+        for key in sorted(set(before) | set(after))
+        if before.get(key) != after.get(key)
     ]
 
 
@@ -75,65 +77,64 @@ def open_run(
     data_fingerprint: str,
     *,
     force: bool = False,
-    write: bool = True,
     hardware: str | None = None,
 ) -> int | None:
-    """Prepare `run` for `config`; return the step to resume from, or None for a fresh start.
-
-    Only the writing rank passes write=True; the others just read the answer.
-    """
-    new_config = config.to_dict()
-    fingerprint = model_fingerprint(config.model)
+    """Prepare `run` for `config`; return the step to resume from, or None for a fresh start."""
     if run.info.is_file():
-        info = read_run_info(run)
-        old_config = yaml.safe_load(run.config.read_text()) if run.config.is_file() else {}
-        problems = config_differences(old_config or {}, new_config)
-        if info.data_fingerprint != data_fingerprint:
-            problems.append(
-                f"data fingerprint: {info.data_fingerprint} -> {data_fingerprint} "
-                f"(tokenizer or corpus changed)"
-            )
-        if info.model_fingerprint != fingerprint and not problems:
-            problems.append("model shape fingerprint differs")
-        if info.model_fingerprint != fingerprint and run.latest.is_file():
-            raise RunMismatchError(
-                f"'{run.root}' holds checkpoints of a different model:\n  "
-                + "\n  ".join(problems or ["model fingerprint differs"])
-                + "\n--force can resume with changed data, never with a changed model: use "
-                "another run_dir."
-            )
-        if problems and not force:
-            raise RunMismatchError(
-                f"'{run.root}' holds a run with a different model or data:\n  "
-                + "\n  ".join(problems)
-                + "\nUse another run_dir, or pass --force to resume anyway."
-            )
-        if write:
-            clean_temporary(run)
-            if problems:  # forced: record the new identity
-                info.data_fingerprint, info.model_fingerprint = data_fingerprint, fingerprint
-                write_run_info(run, info)
-            write_text_atomic(run.config, yaml.safe_dump(new_config, sort_keys=False))
-        return latest_step(run)
+        return _reopen(run, config, data_fingerprint, force)
     if run.root.exists() and any(run.root.iterdir()):
         raise RunMismatchError(
             f"'{run.root}' is not empty and is not a pico run (no {run.info.name}); choose an "
             f"empty or new run_dir."
         )
-    if write:
-        run.root.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(run.config, yaml.safe_dump(new_config, sort_keys=False))
-        write_run_info(
-            run,
-            RunInfo(
-                schema_version=SCHEMA_VERSION,
-                code_version=code_version(),
-                data_fingerprint=data_fingerprint,
-                model_fingerprint=fingerprint,
-                extra={"host": socket.gethostname(), "hardware": hardware},
-            ),
-        )
+    run.root.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run.config, yaml.safe_dump(config.to_dict(), sort_keys=False))
+    write_run_info(
+        run,
+        RunInfo(
+            schema_version=SCHEMA_VERSION,
+            code_version=code_version(),
+            data_fingerprint=data_fingerprint,
+            model_fingerprint=model_fingerprint(config.model),
+            extra={"host": socket.gethostname(), "hardware": hardware},
+        ),
+    )
     return None
+
+
+def _reopen(run: RunPaths, config: RunConfig, data_fingerprint: str, force: bool) -> int | None:
+    """An existing run: refuse a different model (or, unless forced, different data)."""
+    new_config = config.to_dict()
+    fingerprint = model_fingerprint(config.model)
+    info = read_run_info(run)
+    old_config = yaml.safe_load(run.config.read_text()) if run.config.is_file() else {}
+    problems = config_differences(old_config or {}, new_config)
+    if info.data_fingerprint != data_fingerprint:
+        problems.append(
+            f"data fingerprint: {info.data_fingerprint} -> {data_fingerprint} "
+            f"(tokenizer or corpus changed)"
+        )
+    if info.model_fingerprint != fingerprint and not problems:
+        problems.append("model shape fingerprint differs")
+    if info.model_fingerprint != fingerprint and run.latest.is_file():
+        raise RunMismatchError(
+            f"'{run.root}' holds checkpoints of a different model:\n  "
+            + "\n  ".join(problems or ["model fingerprint differs"])
+            + "\n--force can resume with changed data, never with a changed model: use "
+            "another run_dir."
+        )
+    if problems and not force:
+        raise RunMismatchError(
+            f"'{run.root}' holds a run with a different model or data:\n  "
+            + "\n  ".join(problems)
+            + "\nUse another run_dir, or pass --force to resume anyway."
+        )
+    clean_temporary(run)
+    if problems:  # forced: record the new identity
+        info.data_fingerprint, info.model_fingerprint = data_fingerprint, fingerprint
+        write_run_info(run, info)
+    write_text_atomic(run.config, yaml.safe_dump(new_config, sort_keys=False))
+    return latest_step(run)
 
 
 __all__ = ["RunMismatchError", "open_run", "config_differences"]

@@ -20,10 +20,9 @@ import torch
 from safetensors.torch import load_file
 from torch.nn.parallel import DistributedDataParallel
 
-from pico_format import RunPaths, checkpoint_transaction, prune_states, write_json_atomic
+from pico_format import EVAL_SPLIT, TRAIN_SPLIT, RunPaths
 from pico_train import distributed
-from pico_train.capture import capture_learning_dynamics, rows_for_capture
-from pico_train.checkpoint import load_training_state, save_model_files, save_training_state
+from pico_train.checkpoint import CheckpointContents, load_training_state, write_checkpoint
 from pico_train.config import RunConfig, checkpoint_steps
 from pico_train.data import build_data
 from pico_train.evaluate import heldout_loss
@@ -133,8 +132,8 @@ class Trainer:
         batch: (b, T+1) token ids. Returns the step's mean loss and gradient norm as device
         tensors (no host sync here); the caller checks them once per step.
         """
-        t = self.config.training
-        micro = batch.split(t.micro_batch_size)
+        training = self.config.training
+        micro = batch.split(training.micro_batch_size)
         loss_sum = torch.zeros((), device=self.dist.device)
         for i, chunk in enumerate(micro):
             chunk = chunk.to(self.dist.device, non_blocking=True)
@@ -146,72 +145,82 @@ class Trainer:
                     loss = self.forward(chunk[:, :-1], chunk[:, 1:]) / len(micro)
                 loss.backward()
             loss_sum += loss.detach()
-        max_norm = t.grad_clip if t.grad_clip > 0 else math.inf
+        max_norm = training.grad_clip if training.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         return self.dist.sum(loss_sum) / self.dist.world_size, grad_norm
 
     def fit(self) -> TrainResult:
-        c, t = self.config, self.config.training
-        n = self.counters
-        monitor = Monitor(c, self.run, n.step, enabled=self.dist.is_main)
-        result = TrainResult(run_dir=str(self.run.root), steps=t.max_steps)
+        """Train from the current step to training.max_steps, checkpointing when due."""
+        training, counters = self.config.training, self.counters
+        monitor = Monitor(self.config, self.run, counters.step, enabled=self.dist.is_main)
+        result = TrainResult(run_dir=str(self.run.root), steps=training.max_steps)
         began = time.perf_counter()
-        tokens_per_step = t.global_batch_size * c.seq_len
         try:
-            if n.step == 0 and self.resumed_from is None and 0 in self.save_steps:
+            if counters.step == 0 and self.resumed_from is None and 0 in self.save_steps:
                 self.save(0, monitor, result, train_batch=self._batch(0))
-            while n.step < t.max_steps:
-                lr = lr_at(n.step, t)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-                batch = self._batch(n.step)
-                tick = time.perf_counter()
-                loss, grad_norm = self.train_step(batch)
-                loss_value, norm_value = loss.item(), grad_norm.item()  # one sync per step
-                if math.isfinite(loss_value) and math.isfinite(norm_value):
-                    self.optimizer.step()
-                    n.bad_in_row = 0
-                else:
-                    n.skipped_steps += 1
-                    n.bad_in_row += 1
-                    monitor.write(
-                        f"step {n.step + 1}: non-finite loss/gradient ({loss_value}, "
-                        f"{norm_value}); step skipped ({n.bad_in_row} in a row)."
-                    )
-                self.optimizer.zero_grad(set_to_none=True)
-                n.step += 1
-                n.tokens_seen += tokens_per_step
-                elapsed = time.perf_counter() - tick
-                tokens_per_s = tokens_per_step / max(elapsed, 1e-9)
-                if result.first_loss is None:
-                    result.first_loss = loss_value
-                result.last_loss = loss_value
-                if n.step % c.logging.log_every == 0 or n.step == t.max_steps:
-                    monitor.log(
-                        {
-                            "step": n.step,
-                            "loss": loss_value,
-                            "lr": lr,
-                            "grad_norm": norm_value,
-                            "tokens_per_s": tokens_per_s,
-                            "tokens_seen": n.tokens_seen,
-                            "skipped_steps": n.skipped_steps,
-                        }
-                    )
-                monitor.progress(n.step, loss_value, lr, tokens_per_s)
-                if n.bad_in_row >= t.max_bad_steps:
-                    raise TrainingError(
-                        f"{n.bad_in_row} non-finite losses in a row at step {n.step} "
-                        f"(training.max_bad_steps={t.max_bad_steps}); stopping. The last good "
-                        f"checkpoint is intact in '{self.run.root}'. Lower training.lr or raise "
-                        f"training.warmup_steps."
-                    )
-                if n.step in self.save_steps:
-                    self.save(n.step, monitor, result, train_batch=batch)
+            while counters.step < training.max_steps:
+                batch = self._batch(counters.step)
+                self.optimizer_step(batch, monitor, result)
+                if counters.step in self.save_steps:
+                    self.save(counters.step, monitor, result, train_batch=batch)
         finally:
             monitor.close()
         result.seconds = time.perf_counter() - began
         return result
+
+    def optimizer_step(self, batch: torch.Tensor, monitor: Monitor, result: TrainResult) -> None:
+        """Set the step's lr, train on `batch`, step (or skip a non-finite step), and log."""
+        training, counters = self.config.training, self.counters
+        lr = lr_at(counters.step, training)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        tick = time.perf_counter()
+        loss, grad_norm = self.train_step(batch)
+        loss_value, norm_value = loss.item(), grad_norm.item()  # one sync per step
+        if math.isfinite(loss_value) and math.isfinite(norm_value):
+            self.optimizer.step()
+            counters.bad_in_row = 0
+        else:
+            counters.skipped_steps += 1
+            counters.bad_in_row += 1
+            monitor.write(
+                f"step {counters.step + 1}: non-finite loss/gradient ({loss_value}, "
+                f"{norm_value}); step skipped ({counters.bad_in_row} in a row)."
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        tokens_per_step = training.global_batch_size * self.config.seq_len
+        counters.step += 1
+        counters.tokens_seen += tokens_per_step
+        tokens_per_s = tokens_per_step / max(time.perf_counter() - tick, 1e-9)
+        if result.first_loss is None:
+            result.first_loss = loss_value
+        result.last_loss = loss_value
+        self._log_step(monitor, loss_value, lr, norm_value, tokens_per_s)
+        if counters.bad_in_row >= training.max_bad_steps:
+            raise TrainingError(
+                f"{counters.bad_in_row} non-finite losses in a row at step {counters.step} "
+                f"(training.max_bad_steps={training.max_bad_steps}); stopping. The last good "
+                f"checkpoint is intact in '{self.run.root}'. Lower training.lr or raise "
+                f"training.warmup_steps."
+            )
+
+    def _log_step(
+        self, monitor: Monitor, loss: float, lr: float, grad_norm: float, tokens_per_s: float
+    ) -> None:
+        counters, max_steps = self.counters, self.config.training.max_steps
+        if counters.step % self.config.logging.log_every == 0 or counters.step == max_steps:
+            monitor.log(
+                {
+                    "step": counters.step,
+                    "loss": loss,
+                    "lr": lr,
+                    "grad_norm": grad_norm,
+                    "tokens_per_s": tokens_per_s,
+                    "tokens_seen": counters.tokens_seen,
+                    "skipped_steps": counters.skipped_steps,
+                }
+            )
+        monitor.progress(counters.step, loss, lr, tokens_per_s)
 
     def _batch(self, step: int) -> torch.Tensor:
         return self.data.train_batch(
@@ -223,73 +232,39 @@ class Trainer:
     def save(
         self, step: int, monitor: Monitor, result: TrainResult, train_batch: torch.Tensor
     ) -> None:
-        """Evaluate, capture and write checkpoint `step` (all ranks compute, rank 0 writes).
+        """Evaluate, then write checkpoint `step` (all ranks compute, rank 0 writes).
 
         train_batch: this rank's rows of the global batch that step `step` trained on.
         """
-        c = self.config
         eval_rows = self.data.eval_batch()
-        scores = {}
-        if c.evaluation.enabled:
-            scores = heldout_loss(
-                self.model,
-                eval_rows,
-                c.evaluation.batch_size,
-                self.dist,
-                self.autocast,
-            )
-            monitor.log({"step": step, **scores})
-            monitor.write(
-                f"step {step}: held-out loss {scores['eval_loss']:.4f}, perplexity "
-                f"{scores['eval_perplexity']:.2f}"
-            )
+        scores = self.evaluate(step, eval_rows, monitor) if self.config.evaluation.enabled else {}
+        if scores:
             result.eval = scores
-        opened = checkpoint_transaction(self.run, step) if self.dist.is_main else nullcontext(None)
-        with opened as ckpt:
-            if c.capture.enabled:
-                batches = {"train": train_batch, "eval": eval_rows}
-                batches = {
-                    s: rows_for_capture(s, batches[s], c.capture.batch_size, self.dist)
-                    for s in c.capture.splits
-                }
-                capture_learning_dynamics(
-                    self.model,
-                    c.capture,
-                    step,
-                    batches,
-                    self.dist,
-                    self.tokenizer,
-                    ckpt,
-                    self.autocast,
-                )
-            if ckpt is not None:
-                save_model_files(ckpt.root, self.model, self.tokenizer)
-                t = c.training
-                save_training_state(
-                    ckpt,
-                    self.optimizer,
-                    self.param_names,
-                    {
-                        "counters": asdict(self.counters),
-                        "data_fingerprint": self.data.fingerprint,
-                        # The order is a function of the batch index: the cursor is the next one.
-                        "data_cursor": {
-                            "next_batch": step,
-                            "sequences_consumed": step * t.global_batch_size,
-                        },
-                        # The schedule is a pure function of the step (optim.lr_at).
-                        "scheduler": {
-                            "schedule": t.schedule,
-                            "step": step,
-                            "next_lr": lr_at(step, t) if step < t.max_steps else None,
-                        },
-                    },
-                )
-                write_json_atomic(ckpt.eval, {"step": step, **scores})
-        if self.dist.is_main:
-            prune_states(self.run, c.checkpointing.keep_states)
+        contents = CheckpointContents(
+            step=step,
+            model=self.model,
+            tokenizer=self.tokenizer,
+            optimizer=self.optimizer,
+            param_names=self.param_names,
+            counters=asdict(self.counters),
+            data_fingerprint=self.data.fingerprint,
+            scores=scores,
+            batches={TRAIN_SPLIT: train_batch, EVAL_SPLIT: eval_rows},
+        )
+        write_checkpoint(self.run, contents, self.config, self.dist, self.autocast)
         result.checkpoints.append(step)
-        self.dist.barrier()
+
+    def evaluate(self, step: int, eval_rows: torch.Tensor, monitor: Monitor) -> dict[str, float]:
+        """Held-out loss and perplexity at `step`, logged and printed."""
+        scores = heldout_loss(
+            self.model, eval_rows, self.config.evaluation.batch_size, self.dist, self.autocast
+        )
+        monitor.log({"step": step, **scores})
+        monitor.write(
+            f"step {step}: held-out loss {scores['eval_loss']:.4f}, perplexity "
+            f"{scores['eval_perplexity']:.2f}"
+        )
+        return scores
 
 
 def train(config: RunConfig, *, force: bool = False, device: str | None = None) -> TrainResult:

@@ -10,7 +10,7 @@ from pico_format import CaptureReader, RunPaths, list_checkpoints
 from pico_train.distributed import launch_command
 from pico_train.monitor import read_log
 
-from test_train import TINY
+from tiny_runs import TINY
 
 SETTINGS = [
     *TINY,

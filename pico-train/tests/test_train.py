@@ -17,37 +17,7 @@ from pico_train.config import load_config
 from pico_train.monitor import read_log
 from pico_train.train import TrainingError, train
 
-# A model small enough that a step takes milliseconds; the data settings are shared by every
-# test so the tokenizer is trained once per session (cached under PICO_CACHE).
-TINY = [
-    "preset=demo",
-    "model.d_model=32",
-    "model.n_layers=2",
-    "model.n_heads=4",
-    "model.n_kv_heads=2",
-    "model.mlp_hidden=64",
-    "model.vocab_size=512",
-    "model.max_seq_len=32",
-    "data.tokenizer_vocab_size=300",
-    "data.eval_sequences=4",
-    "data.seq_len=32",
-    "training.global_batch_size=4",
-    "training.micro_batch_size=2",
-    "training.lr=3e-3",
-    "training.warmup_steps=2",
-    "training.max_steps=12",
-    "checkpointing.every=3",
-    "checkpointing.steps=[0,1]",
-    "checkpointing.keep_states=2",
-    "evaluation.batch_size=4",
-    "capture.batch_size=4",
-    "capture.micro_batch_size=2",
-    "logging.progress=false",
-]
-
-
-def tiny_config(run_dir, *extra):
-    return load_config(overrides=[*TINY, f"run_dir={run_dir}", *extra])
+from tiny_runs import TINY, tiny_config
 
 
 def losses(run_dir) -> dict[int, float]:
@@ -76,18 +46,19 @@ KILLER = textwrap.dedent("""
     import os, signal, sys
     point, arg = sys.argv[1], int(sys.argv[2])
     sys.argv = ["pico-train", *sys.argv[3:]]
+    import pico_train.checkpoint as checkpoint_mod
     import pico_train.train as train_mod
     import pico_format.run as run_mod
     die = lambda: os.kill(os.getpid(), signal.SIGKILL)
     calls = {"n": 0}
     if point == "mid_checkpoint":  # after the model files, before the state and the rename
-        real = train_mod.save_training_state
+        real = checkpoint_mod.save_training_state
         def patched(*a, **k):
             calls["n"] += 1
             if calls["n"] == arg:
                 die()
             return real(*a, **k)
-        train_mod.save_training_state = patched
+        checkpoint_mod.save_training_state = patched
     elif point == "after_step":  # between checkpoints, right after logging step `arg`
         real = train_mod.Monitor.log
         def patched(self, record):
@@ -213,8 +184,8 @@ def test_nonfinite_losses_stop_with_last_checkpoint_intact(tmp_path, monkeypatch
     real = PicoDecoder.forward
     calls = {"n": 0}
 
-    def poisoned(self, input_ids, targets=None, cache=None):
-        out = real(self, input_ids, targets, cache)
+    def poisoned(self, input_ids, targets=None, cache=None, **kwargs):
+        out = real(self, input_ids, targets, cache, **kwargs)
         if targets is not None and self.training:
             calls["n"] += 1
             if calls["n"] > 6:  # steps 1-3 (two micro-batches each) are fine
@@ -232,9 +203,9 @@ def test_nonfinite_losses_stop_with_last_checkpoint_intact(tmp_path, monkeypatch
 
 
 def test_full_disk_keeps_previous_checkpoint(tmp_path, monkeypatch):
-    import pico_train.train as train_mod
+    import pico_train.checkpoint as checkpoint_mod
 
-    real = train_mod.save_model_files
+    real = checkpoint_mod.save_model_files
     calls = {"n": 0}
 
     def full_disk(*a, **k):
@@ -243,7 +214,7 @@ def test_full_disk_keeps_previous_checkpoint(tmp_path, monkeypatch):
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(*a, **k)
 
-    monkeypatch.setattr(train_mod, "save_model_files", full_disk)
+    monkeypatch.setattr(checkpoint_mod, "save_model_files", full_disk)
     config = tiny_config(tmp_path / "run", "capture.enabled=false")
     with pytest.raises(RunFormatError, match="Disk full"):
         train(config)
@@ -289,7 +260,7 @@ def test_suite_config_trains_with_local_data(tmp_path):
     rows = torch.randint(0, 50304, (24, 33), generator=torch.Generator().manual_seed(0))
     pq.write_table(pa.table({"input_ids": rows.tolist()}), tmp_path / "tokens.parquet")
     tokenizer_dir = tmp_path / "tokenizer"
-    from pico_train.data import load_tokenizer
+    from pico_train.tokenizer import load_tokenizer
 
     load_tokenizer(tiny_config(tmp_path / "unused")).save_pretrained(str(tokenizer_dir))
     root = Path(__file__).resolve().parents[1] / "configs"

@@ -5,6 +5,8 @@ RUN/
   config.yaml              the resolved training config
   log.jsonl                one JSON object per logged step (loss, lr, grad norm, tokens/s...)
   latest.json              pointer to the newest complete checkpoint
+  tensorboard/             TensorBoard event files (logging.tensorboard)
+  analysis/                pico-analyze's results table, plots and report for this run
   checkpoints/
     step_00000100/         one complete checkpoint (written as .tmp-step_00000100, renamed)
       config.json  model.safetensors  generation_config.json  tokenizer.json ...
@@ -17,6 +19,9 @@ RUN/
         activations.safetensors  weights.safetensors  gradients.safetensors
         manifest.json  text.json
       checkpoint.json      written last: what this checkpoint holds
+
+Module names inside the files (``model.layers.3.self_attn.v_proj``) are defined in
+:mod:`pico_format.modules`.
 """
 
 from __future__ import annotations
@@ -32,12 +37,15 @@ CONFIG = "config.yaml"
 LOG = "log.jsonl"
 LATEST = "latest.json"
 CHECKPOINTS = "checkpoints"
+TENSORBOARD = "tensorboard"
+ANALYSIS = "analysis"
 TMP_PREFIX = ".tmp-"
 
 # Inside a checkpoint
 MODEL_CONFIG = "config.json"
 MODEL_WEIGHTS = "model.safetensors"
 GENERATION_CONFIG = "generation_config.json"
+TOKENIZER = "tokenizer.json"  # the fast tokenizer; save_pretrained writes its companions beside
 EVAL = "eval.json"
 BENCHMARKS = "benchmarks.json"
 CHECKPOINT_MANIFEST = "checkpoint.json"
@@ -49,7 +57,11 @@ CAPTURE = "capture"
 CAPTURE_MANIFEST = "manifest.json"
 CAPTURE_TEXT = "text.json"
 CAPTURE_KINDS = ("activations", "weights", "gradients")
-CAPTURE_SPLITS = ("train", "eval")
+TRAIN_SPLIT = "train"  # the batch the checkpoint's last optimizer step trained on
+EVAL_SPLIT = "eval"  # the fixed held-out batch, identical at every step and across runs
+CAPTURE_SPLITS = (TRAIN_SPLIT, EVAL_SPLIT)
+# Which token positions of a captured sequence become activation rows.
+POSITION_POLICIES = ("last", "all", "sample", "mean")
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
@@ -87,6 +99,10 @@ class CheckpointPaths:
     @property
     def generation_config(self) -> Path:
         return self.root / GENERATION_CONFIG
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.root / TOKENIZER
 
     @property
     def eval(self) -> Path:
@@ -159,6 +175,14 @@ class RunPaths:
     @property
     def checkpoints(self) -> Path:
         return self.root / CHECKPOINTS
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / TENSORBOARD
+
+    @property
+    def analysis(self) -> Path:
+        return self.root / ANALYSIS
 
     def checkpoint(self, step: int) -> CheckpointPaths:
         return CheckpointPaths(self.checkpoints / step_dirname(step))

@@ -47,21 +47,33 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` via a temporary sibling, fsync and rename."""
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `path` for the caller to write; then fsync and rename it.
+
+    The one temp-file-and-rename write of the code base: run files, checkpoint manifests, the
+    tokenizer and token caches all go through it, so a reader (or a concurrent process writing
+    the same cache entry) sees the old file or the whole new one, never half of one. On an
+    error the temporary file is removed and `path` is untouched.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` via a temporary sibling, fsync and rename."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

@@ -20,7 +20,6 @@ from pico_analyze.load import (
     SourceError,
     SplitData,
     as_float32,
-    parse_module,
 )
 from pico_format import (
     CaptureReader,
@@ -42,6 +41,7 @@ from pico_format.layout import (
     RUN_INFO,
     parse_step_dirname,
 )
+from pico_format.modules import RESIDUAL, module_name
 
 # Small files fetched first from a Hub copy: they list the steps, splits and modules.
 METADATA_NAMES = {
@@ -135,9 +135,13 @@ class PicoRun(Source):
         for split in capture_splits(ckpt):
             manifest = CaptureReader(ckpt, split).manifest
             for module in manifest.modules:
-                parsed = parse_module(module)
-                if parsed and parsed[1] not in out:
-                    out.append(parsed[1])
+                layer = manifest.layers.get(module, -1)  # the manifest says which block
+                if layer < 0:
+                    continue  # outside the blocks (embeddings, head)
+                block = module_name(layer, RESIDUAL)
+                suffix = RESIDUAL if module == block else module.removeprefix(f"{block}.")
+                if suffix not in out:
+                    out.append(suffix)
         return out
 
     # -- reading -------------------------------------------------------------------------------
