@@ -8,7 +8,7 @@ import torch
 from pico_format import RunPaths, checkpoint_transaction, write_benchmarks
 from pico_train.checkpoint import save_model_files
 from pico_train.config import ModelConfig
-from pico_train.corpus import train_bpe_tokenizer
+from pico_train.tokenizer import train_bpe_tokenizer
 from pico_train.export import ExportError, export_checkpoint
 from pico_train.gguf_export import permute_qk
 from pico_train.model import PicoDecoder

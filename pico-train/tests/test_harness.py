@@ -11,7 +11,7 @@ import torch
 from pico_format import RunPaths, checkpoint_transaction, read_benchmarks
 from pico_train.checkpoint import save_model_files
 from pico_train.config import ModelConfig
-from pico_train.corpus import train_bpe_tokenizer
+from pico_train.tokenizer import train_bpe_tokenizer
 from pico_train.harness import (
     HarnessError,
     _metric_key,
