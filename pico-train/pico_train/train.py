@@ -17,19 +17,22 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch.nn.parallel import DistributedDataParallel
 
-from pico_format import EVAL_SPLIT, TRAIN_SPLIT, RunPaths
+from pico_format import EVAL_SPLIT, TRAIN_SPLIT, RunFormatError, RunPaths, latest_step
 from pico_train import distributed
+from pico_train.capture import check_capture_modules
 from pico_train.checkpoint import CheckpointContents, load_training_state, write_checkpoint
 from pico_train.config import RunConfig, checkpoint_steps
 from pico_train.data import build_data
 from pico_train.evaluate import heldout_loss
+from pico_train.lock import RunLock
 from pico_train.model import PicoDecoder
-from pico_train.monitor import Monitor, truncate_log
+from pico_train.monitor import Monitor, check_integrations, truncate_log
 from pico_train.optim import build_optimizer, lr_at
-from pico_train.resume import open_run
+from pico_train.resume import RunPlan, check_run, prepare_run
 
 
 class TrainingError(RuntimeError):
@@ -49,7 +52,8 @@ class Counters:
 @dataclass
 class TrainResult:
     run_dir: str
-    steps: int
+    steps: int  # the step reached
+    start_step: int = 0  # where this invocation began (the resumed checkpoint's step)
     first_loss: float | None = None
     last_loss: float | None = None
     eval: dict[str, float] = field(default_factory=dict)
@@ -74,16 +78,22 @@ def seed_everything(seed: int) -> None:
 
 
 def _open_run_on_main(
-    run: RunPaths, config: RunConfig, fingerprint: str, force: bool, dist: distributed.Dist
-) -> int | None:
-    """Rank 0 opens the run; every rank learns the resume step (or the error)."""
+    run: RunPaths,
+    config: RunConfig,
+    fingerprint: str,
+    force: bool,
+    dist: distributed.Dist,
+    lock: RunLock | None,
+) -> RunPlan:
+    """Rank 0 locks the run and decides how to open it; every rank learns the plan (or the
+    error). Nothing is written here."""
     outcome: tuple[str, Any] = ("ok", None)
     if dist.is_main:
         try:
-            hardware = distributed.describe_hardware(dist)
-            outcome = ("ok", open_run(run, config, fingerprint, force=force, hardware=hardware))
+            lock.acquire()
+            outcome = ("ok", check_run(run, config, fingerprint, force=force))
         except Exception as err:  # re-raised on every rank below
-            outcome = ("error", f"{type(err).__name__}: {err}")
+            outcome = ("error", str(err))
     outcome = dist.broadcast_object(outcome)
     if outcome[0] == "error":
         raise TrainingError(outcome[1])
@@ -93,20 +103,42 @@ def _open_run_on_main(
 class Trainer:
     def __init__(self, config: RunConfig, *, force: bool = False, device: str | None = None):
         self.config = config
+        check_integrations(config.logging)  # before anything is created
+        check_capture_modules(config)
         self.dist = distributed.setup(device)
         self.run = RunPaths(config.run_dir)
+        self.lock = RunLock(self.run.root) if self.dist.is_main else None
         seed_everything(config.training.seed)
         self.data = build_data(config)
         self.tokenizer = self.data.tokenizer
-        resume_step = _open_run_on_main(self.run, config, self.data.fingerprint, force, self.dist)
+        try:
+            self._open(force)
+        except BaseException:
+            self.close()
+            raise
 
+    def _open(self, force: bool) -> None:
+        """Lock, decide, read the resume state, and only then write the run's files."""
+        config = self.config
+        plan = _open_run_on_main(
+            self.run, config, self.data.fingerprint, force, self.dist, self.lock
+        )
+        resume_step = plan.resume_step
         self.model = PicoDecoder(config.model).to(self.dist.device)
         self.optimizer, self.param_names = build_optimizer(self.model, config.training)
         self.counters = Counters()
         self.resumed_from = resume_step
         if resume_step is not None:
             self._restore(resume_step)
-        if self.dist.is_main:  # drop what a killed run logged after its last checkpoint
+        if self.dist.is_main:
+            for line in plan.skipped:
+                print(f"warning: {line}; not resumed from it.", flush=True)
+            if resume_step is not None:
+                forced = f" (forced: {'; '.join(plan.changes)})" if plan.changes else ""
+                print(f"resuming from step {resume_step} of {self.run.root}{forced}", flush=True)
+            hardware = distributed.describe_hardware(self.dist)
+            prepare_run(self.run, config, self.data.fingerprint, plan, hardware)
+            # drop what a killed run logged after its last checkpoint
             truncate_log(self.run.log, resume_step if resume_step is not None else -1)
         self.autocast = autocast_for(config, self.dist.device)
         self.ddp = None
@@ -117,10 +149,18 @@ class Trainer:
         self.forward = torch.compile(forward) if config.training.compile else forward
         self.save_steps = checkpoint_steps(config)
 
+    def close(self) -> None:
+        """Release the run directory (also after an error)."""
+        if self.lock is not None:
+            self.lock.release()
+
     def _restore(self, step: int) -> None:
         ckpt = self.run.checkpoint(step)
-        state = load_file(str(ckpt.model_weights), device=str(self.dist.device))
-        self.model.load_state_dict(state)
+        try:
+            state = load_file(str(ckpt.model_weights), device=str(self.dist.device))
+            self.model.load_state_dict(state)
+        except (SafetensorError, OSError, RuntimeError) as err:
+            raise RunFormatError(f"Cannot resume from '{ckpt.model_weights}': {err}") from None
         trainer = load_training_state(ckpt, self.optimizer, self.param_names)
         self.counters = Counters(**trainer["counters"])
 
@@ -153,7 +193,9 @@ class Trainer:
         """Train from the current step to training.max_steps, checkpointing when due."""
         training, counters = self.config.training, self.counters
         monitor = Monitor(self.config, self.run, counters.step, enabled=self.dist.is_main)
-        result = TrainResult(run_dir=str(self.run.root), steps=training.max_steps)
+        result = TrainResult(
+            run_dir=str(self.run.root), steps=training.max_steps, start_step=counters.step
+        )
         began = time.perf_counter()
         try:
             if counters.step == 0 and self.resumed_from is None and 0 in self.save_steps:
@@ -222,6 +264,19 @@ class Trainer:
             )
         monitor.progress(counters.step, loss, lr, tokens_per_s)
 
+    def _refuse_nonfinite_weights(self, step: int) -> None:
+        """A checkpoint is a promise of usable weights: never save NaN/inf ones."""
+        with torch.no_grad():
+            bad = [n for n, p in self.model.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            good = latest_step(self.run) if self.dist.is_main else None
+            kept = f"step {good}" if good is not None else "none yet"
+            raise TrainingError(
+                f"the weights are not finite at step {step} ({bad[0]} and {len(bad) - 1} more); "
+                f"checkpoint not written. The last good checkpoint ({kept}) is intact in "
+                f"'{self.run.root}'. Lower training.lr or raise training.warmup_steps."
+            )
+
     def _batch(self, step: int) -> torch.Tensor:
         return self.data.train_batch(
             step, self.config.training.global_batch_size, self.dist.rank, self.dist.world_size
@@ -236,6 +291,7 @@ class Trainer:
 
         train_batch: this rank's rows of the global batch that step `step` trained on.
         """
+        self._refuse_nonfinite_weights(step)
         eval_rows = self.data.eval_batch()
         scores = self.evaluate(step, eval_rows, monitor) if self.config.evaluation.enabled else {}
         if scores:
@@ -269,8 +325,11 @@ class Trainer:
 
 def train(config: RunConfig, *, force: bool = False, device: str | None = None) -> TrainResult:
     """Train (or resume) the run described by `config`."""
-    trainer = Trainer(config, force=force, device=device)
     try:
-        return trainer.fit()
+        trainer = Trainer(config, force=force, device=device)
+        try:
+            return trainer.fit()
+        finally:
+            trainer.close()
     finally:
         distributed.teardown()
