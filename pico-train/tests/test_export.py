@@ -8,10 +8,10 @@ import torch
 from pico_format import RunPaths, checkpoint_transaction, write_benchmarks
 from pico_train.checkpoint import save_model_files
 from pico_train.config import ModelConfig
-from pico_train.tokenizer import train_bpe_tokenizer
 from pico_train.export import ExportError, export_checkpoint
 from pico_train.gguf_export import permute_qk
 from pico_train.model import PicoDecoder
+from pico_train.tokenizer import train_bpe_tokenizer
 
 TEXTS = [
     "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer",

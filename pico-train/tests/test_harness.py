@@ -11,7 +11,6 @@ import torch
 from pico_format import RunPaths, checkpoint_transaction, read_benchmarks
 from pico_train.checkpoint import save_model_files
 from pico_train.config import ModelConfig
-from pico_train.tokenizer import train_bpe_tokenizer
 from pico_train.harness import (
     HarnessError,
     _metric_key,
@@ -20,6 +19,7 @@ from pico_train.harness import (
     task_results,
 )
 from pico_train.model import PicoDecoder
+from pico_train.tokenizer import train_bpe_tokenizer
 
 pytest.importorskip("lm_eval")
 
