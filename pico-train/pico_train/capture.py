@@ -58,6 +58,24 @@ def select_modules(model: nn.Module, cfg: CaptureConfig) -> dict[str, nn.Module]
     return dict(sorted(found.items(), key=lambda kv: (layer_index(kv[0]), order[kv[0]])))
 
 
+def check_capture_modules(config) -> None:
+    """Refuse capture.modules patterns that match nothing, before any file is written.
+
+    The module names come from a model built on the meta device (no memory, no random draws).
+    """
+    if not config.capture.enabled:
+        return
+    from pico_train.config import ConfigError
+    from pico_train.model import PicoDecoder
+
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        model = PicoDecoder(config.model)
+    try:
+        select_modules(model, config.capture)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
 def position_indices(cfg: CaptureConfig, seq_len: int) -> list[int] | None:
     """Token positions kept: the last one, a fixed seeded sample, or None (all / mean)."""
     if cfg.positions == "last":

@@ -17,16 +17,19 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from pico_format import EVAL_SPLIT, TRAIN_SPLIT, RunFormatError, RunPaths
+from pico_format import EVAL_SPLIT, TRAIN_SPLIT, RunFormatError, RunPaths, latest_step
 from pico_train import distributed, loss
+from pico_train.capture import check_capture_modules
 from pico_train.checkpoint import CheckpointContents, load_training_state, write_checkpoint
 from pico_train.config import ConfigError, RunConfig, checkpoint_steps
 from pico_train.data import DataError, build_data
 from pico_train.evaluate import heldout_loss
+from pico_train.lock import RunLock
 from pico_train.model import PicoDecoder
-from pico_train.monitor import Monitor, truncate_log
+from pico_train.monitor import Monitor, check_integrations, truncate_log
 from pico_train.optim import build_optimizer, lr_at
 from pico_train.parallelize import (
     activation_checkpointing_paused,
@@ -34,7 +37,7 @@ from pico_train.parallelize import (
     optimizer_for_checkpoint,
     parallelize,
 )
-from pico_train.resume import open_run
+from pico_train.resume import RunPlan, check_run, prepare_run
 
 
 class TrainingError(RuntimeError):
@@ -59,7 +62,8 @@ class Counters:
 @dataclass
 class TrainResult:
     run_dir: str
-    steps: int
+    steps: int  # the step reached
+    start_step: int = 0  # where this invocation began (the resumed checkpoint's step)
     first_loss: float | None = None
     last_loss: float | None = None
     eval: dict[str, float] = field(default_factory=dict)
@@ -84,15 +88,22 @@ def seed_everything(seed: int) -> None:
 
 
 def _open_run_on_main(
-    run: RunPaths, config: RunConfig, fingerprint: str, force: bool, dist: distributed.Dist
-) -> int | None:
-    """Rank 0 opens the run; every rank learns the resume step (or the error)."""
+    run: RunPaths,
+    config: RunConfig,
+    fingerprint: str,
+    force: bool,
+    dist: distributed.Dist,
+    lock: RunLock | None,
+) -> RunPlan:
+    """Rank 0 locks the run and decides how to open it; every rank learns the plan (or the
+    error). Nothing is written here."""
     outcome: tuple[str, Any] = ("ok", None)
     if dist.is_main:
         try:
-            outcome = ("ok", open_run(run, config, fingerprint, force=force))
+            lock.acquire()
+            outcome = ("ok", check_run(run, config, fingerprint, force=force))
         except Exception as err:  # re-raised on every rank below
-            outcome = ("error", f"{type(err).__name__}: {err}")
+            outcome = ("error", str(err))
     outcome = dist.broadcast_object(outcome)
     if outcome[0] == "error":
         raise TrainingError(outcome[1])
@@ -102,18 +113,31 @@ def _open_run_on_main(
 class Trainer:
     def __init__(self, config: RunConfig, *, force: bool = False, device: str | None = None):
         self.config = config
+        check_integrations(config.logging)  # before anything is created
+        check_capture_modules(config)
         self.dist = distributed.setup(device, config.distributed.timeout_s)
         self.run = RunPaths(config.run_dir)
+        self.lock = RunLock(self.run.root) if self.dist.is_main else None
         seed_everything(config.training.seed)
         self.data = build_data(config)
         self.tokenizer = self.data.tokenizer
-        resume_step = _open_run_on_main(self.run, config, self.data.fingerprint, force, self.dist)
+        try:
+            self._open(force)
+        except BaseException:
+            self.close()
+            raise
 
+    def _open(self, force: bool) -> None:
+        """Lock, decide, read the resume state, and only then write the run's files."""
+        config = self.config
+        plan = _open_run_on_main(
+            self.run, config, self.data.fingerprint, force, self.dist, self.lock
+        )
+        resume_step = plan.resume_step
         self.autocast = autocast_for(config, self.dist.device)
         model = PicoDecoder(config.model).to(self.dist.device)
         if resume_step is not None:  # full weights, before any wrapping or sharding
-            ckpt = self.run.checkpoint(resume_step)
-            model.load_state_dict(load_file(str(ckpt.model_weights), device=str(self.dist.device)))
+            self._load_weights(model, resume_step)
         bf16 = self.autocast is not nullcontext
         self.parallel = parallelize(model, config, self.dist, bf16=bf16)
         self.model = self.parallel.model
@@ -122,15 +146,37 @@ class Trainer:
         self.counters = Counters()
         self.resumed_from = resume_step
         if resume_step is not None:
-            optimizer = optimizer_for_checkpoint(self.parallel, self.optimizer, self.param_names)
-            trainer = load_training_state(
-                self.run.checkpoint(resume_step), optimizer, self.param_names
-            )
-            self.counters = Counters(**trainer["counters"])
-        if self.dist.is_main:  # drop what a killed run logged after its last checkpoint
+            self._restore_state(resume_step)
+        if self.dist.is_main:
+            for line in plan.skipped:
+                print(f"warning: {line}; not resumed from it.", flush=True)
+            if resume_step is not None:
+                forced = f" (forced: {'; '.join(plan.changes)})" if plan.changes else ""
+                print(f"resuming from step {resume_step} of {self.run.root}{forced}", flush=True)
+            hardware = distributed.describe_hardware(self.dist)
+            prepare_run(self.run, config, self.data.fingerprint, plan, hardware)
+            # drop what a killed run logged after its last checkpoint
             truncate_log(self.run.log, resume_step if resume_step is not None else -1)
         self.save_steps = checkpoint_steps(config)
         self._compile_pending = self.parallel.compiled
+
+    def close(self) -> None:
+        """Release the run directory (also after an error)."""
+        if self.lock is not None:
+            self.lock.release()
+
+    def _load_weights(self, model: PicoDecoder, step: int) -> None:
+        weights = self.run.checkpoint(step).model_weights
+        try:
+            model.load_state_dict(load_file(str(weights), device=str(self.dist.device)))
+        except (SafetensorError, OSError, RuntimeError) as err:
+            raise RunFormatError(f"Cannot resume from '{weights}': {err}") from None
+
+    def _restore_state(self, step: int) -> None:
+        """Optimizer, RNG and counters (the optimizer's full-state view under FSDP)."""
+        optimizer = optimizer_for_checkpoint(self.parallel, self.optimizer, self.param_names)
+        trainer = load_training_state(self.run.checkpoint(step), optimizer, self.param_names)
+        self.counters = Counters(**trainer["counters"])
 
     # ------------------------------------------------------------------------------------------
 
@@ -159,7 +205,9 @@ class Trainer:
         """Train from the current step to training.max_steps, checkpointing when due."""
         training, counters = self.config.training, self.counters
         monitor = Monitor(self.config, self.run, counters.step, enabled=self.dist.is_main)
-        result = TrainResult(run_dir=str(self.run.root), steps=training.max_steps)
+        result = TrainResult(
+            run_dir=str(self.run.root), steps=training.max_steps, start_step=counters.step
+        )
         began = time.perf_counter()
         try:
             if counters.step == 0 and self.resumed_from is None and 0 in self.save_steps:
@@ -233,6 +281,21 @@ class Trainer:
             )
         monitor.progress(counters.step, loss, lr, tokens_per_s)
 
+    def _refuse_nonfinite_weights(self, step: int, model: PicoDecoder) -> None:
+        """A checkpoint is a promise of usable weights: never save NaN/inf ones.
+
+        `model` holds the full weights on every rank, so every rank decides alike."""
+        with torch.no_grad():
+            bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            good = latest_step(self.run) if self.dist.is_main else None
+            kept = f"step {good}" if good is not None else "none yet"
+            raise TrainingError(
+                f"the weights are not finite at step {step} ({bad[0]} and {len(bad) - 1} more); "
+                f"checkpoint not written. The last good checkpoint ({kept}) is intact in "
+                f"'{self.run.root}'. Lower training.lr or raise training.warmup_steps."
+            )
+
     def _batch(self, step: int) -> torch.Tensor:
         return self.data.train_batch(
             step, self.config.training.global_batch_size, self.dist.rank, self.dist.world_size
@@ -248,6 +311,7 @@ class Trainer:
         train_batch: this rank's rows of the global batch that step `step` trained on.
         """
         model = full_model(self.parallel)  # gathered from the shards under FSDP
+        self._refuse_nonfinite_weights(step, model)
         eval_rows = self.data.eval_batch()
         scores = {}
         if self.config.evaluation.enabled:
@@ -289,7 +353,11 @@ class Trainer:
 def train(config: RunConfig, *, force: bool = False, device: str | None = None) -> TrainResult:
     """Train (or resume) the run described by `config`."""
     try:
-        result = Trainer(config, force=force, device=device).fit()
+        trainer = Trainer(config, force=force, device=device)
+        try:
+            result = trainer.fit()
+        finally:
+            trainer.close()
     except BaseException as err:
         # Under torchrun: print the error once and exit now, never wait on the other ranks.
         distributed.stop_on_error(err, same_on_every_rank=ERRORS_ON_EVERY_RANK)

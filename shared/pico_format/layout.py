@@ -40,6 +40,7 @@ CHECKPOINTS = "checkpoints"
 TENSORBOARD = "tensorboard"
 ANALYSIS = "analysis"
 TMP_PREFIX = ".tmp-"
+LOCK = ".lock"  # held (flock) by the one trainer writing the run
 
 # Inside a checkpoint
 MODEL_CONFIG = "config.json"
@@ -171,6 +172,10 @@ class RunPaths:
     @property
     def latest(self) -> Path:
         return self.root / LATEST
+
+    @property
+    def lock(self) -> Path:
+        return self.root / LOCK
 
     @property
     def checkpoints(self) -> Path:
