@@ -233,3 +233,17 @@ def test_activation_checkpointing_same_gradients_and_capture_sees_one_forward():
         torch.autograd.grad(recomputing(x, x), list(recomputing.parameters()))
     handle.remove()
     assert len(calls) == 1
+
+
+def test_info_estimates_memory_per_gpu_and_names_the_choice():
+    from click.testing import CliRunner
+
+    from pico_train.cli import main
+
+    small_card = ["info", "--preset", "1b", "--gpus", "2", "--gpu-memory-gib", "24"]
+    out = CliRunner().invoke(main, small_card).output
+    assert "DDP" in out and "FSDP" in out and "auto picks: fsdp" in out
+    out = CliRunner().invoke(
+        main, ["info", "--preset", "1b", "--gpus", "2", "--gpu-memory-gib", "141"]
+    )
+    assert "auto picks: ddp" in out.output
