@@ -68,7 +68,9 @@ def reference(tmp_path_factory):
 @pytest.mark.slow
 def test_fsdp_on_two_ranks_equals_one_process_and_resumes_on_one(reference, tmp_path):
     run_dir = tmp_path / "fsdp"
-    args = _cli_args(run_dir, "training.parallelism=fsdp", "training.max_steps=2")
+    # Activation checkpointing recomputes exactly (fp32): it changes nothing either.
+    extra = ["training.parallelism=fsdp", "training.activation_checkpointing=true"]
+    args = _cli_args(run_dir, *extra, "training.max_steps=2")
     _run(launch_command(2, ["train", *args]))
     ref, run = RunPaths(reference), RunPaths(run_dir)
     # The checkpoint written under FSDP is the one-process checkpoint: same files, same values.
@@ -101,13 +103,16 @@ def test_one_process_run_resumes_on_two_ddp_ranks(reference, tmp_path):
 
 
 FAULT = """
-import os, sys
+import os, sys, time
 import pico_train.checkpoint as checkpoint
 real = checkpoint.capture_learning_dynamics
 def failing(*args, **kwargs):
     if os.environ["RANK"] == "1":
+        if sys.argv[1] == "hang":
+            time.sleep(3600)
         raise RuntimeError("injected failure inside a checkpoint")
     return real(*args, **kwargs)
+del sys.argv[1]
 checkpoint.capture_learning_dynamics = failing
 from pico_train.cli import main
 main()
@@ -120,11 +125,10 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_a_rank_failing_inside_a_checkpoint_stops_every_rank(tmp_path):
+def _fault_command(tmp_path, fault, timeout_s):
     script = tmp_path / "fault.py"
     script.write_text(FAULT)
-    cmd = [
+    return [
         sys.executable,
         "-m",
         "torch.distributed.run",
@@ -132,9 +136,15 @@ def test_a_rank_failing_inside_a_checkpoint_stops_every_rank(tmp_path):
         "--master_addr=127.0.0.1",
         f"--master_port={_free_port()}",
         str(script),
+        fault,
         "train",
-        *_cli_args(tmp_path / "run", "distributed.timeout_s=30"),
+        *_cli_args(tmp_path / "run", f"distributed.timeout_s={timeout_s}"),
     ]
+
+
+@pytest.mark.slow
+def test_a_rank_failing_inside_a_checkpoint_stops_every_rank(tmp_path):
+    cmd = _fault_command(tmp_path, "raise", 30)
     began = time.perf_counter()
     proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=240)
     elapsed = time.perf_counter() - began
@@ -145,6 +155,20 @@ def test_a_rank_failing_inside_a_checkpoint_stops_every_rank(tmp_path):
     assert "happened on rank 1" in output and "rank 0 stopped" in output
     assert elapsed < 150  # bounded: start-up plus two steps, nowhere near a hang
     assert latest_step(RunPaths(tmp_path / "run")) is None  # no half checkpoint published
+
+
+@pytest.mark.slow
+def test_a_rank_hanging_inside_a_checkpoint_times_out_the_others(tmp_path):
+    """No rank waits forever: rank 1 never answers, rank 0's collective gives up after
+    distributed.timeout_s and stops, and torchrun then stops rank 1."""
+    began = time.perf_counter()
+    proc = subprocess.run(
+        _fault_command(tmp_path, "hang", 5), env=ENV, capture_output=True, text=True, timeout=240
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "rank 0 stopped: a collective failed" in output, output[-3000:]
+    assert time.perf_counter() - began < 150
 
 
 @pytest.mark.slow
