@@ -120,7 +120,7 @@ def export_checkpoint(
             check_gguf_exportable(model.config, tokenizer, gguf)
     except (RunFormatError, GGUFExportError) as err:
         raise ExportError(str(err)) from None
-    c = model.config
+    shape = model.config
     state = {k: v.detach().to(DTYPES[dtype]).contiguous() for k, v in model.state_dict().items()}
     run = run_of(ckpt)
     name = run.root.name if run is not None else ckpt.root.name
@@ -133,7 +133,7 @@ def export_checkpoint(
     tmp.mkdir()
     try:
         ids = special_token_ids(tokenizer)
-        config = hf_config(c, **ids)
+        config = hf_config(shape, **ids)
         config["torch_dtype"] = config["dtype"] = _DTYPE_NAMES[dtype]
         folder = CheckpointPaths(tmp)  # an export is a model folder: the same file names
         write_json_atomic(folder.model_config, config)
@@ -148,7 +148,7 @@ def export_checkpoint(
         if gguf is not None:
             gguf_name = f"{name}{'' if step is None else f'-step{step}'}-{gguf}.gguf"
             full = {k: v.detach() for k, v in model.state_dict().items()}
-            write_gguf(tmp / gguf_name, full, c, tokenizer, gguf, name=name, progress=progress)
+            write_gguf(tmp / gguf_name, full, shape, tokenizer, gguf, name=name, progress=progress)
             result.files.append(gguf_name)
         card = render_model_card(
             ckpt,
