@@ -130,7 +130,7 @@ _compiled_block = None
 
 def _block_fn(compiled: bool):
     global _compiled_block
-    if not compiled:
+    if not compiled or torch.compiler.is_compiling():  # inside a compiled model: traced there
         return _block
     if _compiled_block is None:
         _compiled_block = torch.compile(_block, dynamic=False)
