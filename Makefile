@@ -10,7 +10,7 @@ STAMP   = $(VENV)/.installed
 export OMP_NUM_THREADS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test test-fast demo lint bench clean
+.PHONY: install test test-fast demo sweep lint bench clean
 
 install: $(STAMP)
 
@@ -26,6 +26,15 @@ test: install
 
 demo: install
 	OMP_NUM_THREADS=$$(nproc) $(BIN)/python examples/demo.py
+
+SWEEP_PRESETS ?= demo-w32,demo-w64,demo-w64-l8,demo
+SWEEP_RUNS = $(addprefix runs/sweep/,$(subst $(comma), ,$(SWEEP_PRESETS)))
+comma := ,
+
+sweep: install
+	OMP_NUM_THREADS=$$(nproc) $(BIN)/pico-train sweep --config pico-train/configs/sweep.yaml --presets $(SWEEP_PRESETS)
+	$(BIN)/pico-analyze compare $(SWEEP_RUNS) --out runs/sweep/compare
+	@echo "figures and report: runs/sweep/compare/plots, runs/sweep/compare/report.html"
 
 lint: install
 	$(BIN)/ruff check shared pico-train pico-analyze examples benchmarks

@@ -37,6 +37,7 @@ class Row:
     reference: str | None  # comparative: "step N" or "run NAME"
     value: float
     note: str = ""
+    tokens_seen: int | None = None  # tokens trained on before `step` (None: unknown)
 
 
 @dataclass(frozen=True)

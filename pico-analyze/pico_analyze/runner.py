@@ -113,6 +113,19 @@ def _input_problem(cur: Checkpoint, ref: Checkpoint, split: str | None) -> str |
     return None
 
 
+def _advice(split: str | None) -> str:
+    """What to do about a refused comparison of two captures of `split`."""
+    if split == "train":
+        return (
+            "compare the eval split (the same held-out batch at every step), or force it "
+            "with --force-train-split"
+        )
+    return (
+        "similarity of different inputs is not comparable; were the runs trained on "
+        "different data (data fingerprint in run.json)?"
+    )
+
+
 def _groups(tasks: list[Task]) -> list[list[Task]]:
     """Tasks grouped by component, in config order: each component is built once per layer."""
     out: dict[str, list[Task]] = {}
@@ -208,11 +221,7 @@ class _Chunk:
                 if other is None:
                     result = (math.nan, f"reference {label} has no {v.component} head {v.head}")
                 elif problem and not self.job.force:
-                    result = (
-                        math.nan,
-                        f"refused: {problem}; compare eval captures or force "
-                        f"it (--force-train-split)",
-                    )
+                    result = (math.nan, f"refused: {problem}; {_advice(split)}")
                 else:
                     result = _measure(t, other.tensor, v.tensor)
                     if problem:

@@ -4,7 +4,8 @@ Reads :class:`~pico_analyze.runner.Row` objects and writes ``results.csv`` plus
 ``results.parquet`` (or ``results.jsonl`` when pyarrow is missing) into the output folder.
 Columns: run, step, split, component, kind, module, layer, head, metric (the entry's label),
 function (the registered metric), reference (``step N`` / ``run NAME`` for comparative
-metrics), value (NaN when it could not be measured), note (why, or a warning).
+metrics), value (NaN when it could not be measured), note (why, or a warning), tokens_seen (tokens
+trained on before the step, when the run records it).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ def write_table(rows: list[Row], out_dir: Path) -> list[Path]:
             ("reference", pa.string()),
             ("value", pa.float64()),
             ("note", pa.string()),
+            ("tokens_seen", pa.int64()),
         ]
     )
     columns = {name: [getattr(r, name) for r in rows] for name in COLUMNS}
@@ -88,6 +90,7 @@ def read_table(path: str | Path) -> list[Row]:
                     reference=d["reference"] or None,
                     value=float(d["value"]) if d["value"] != "" else math.nan,
                     note=d["note"],
+                    tokens_seen=opt_int(d.get("tokens_seen") or ""),
                 )
             )
     return rows

@@ -180,3 +180,58 @@ def pico_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def original_run(tmp_path_factory) -> Path:
     return make_original_run(tmp_path_factory.mktemp("orig") / "demo-1")
+
+
+def add_scores(root: Path, tokens_per_step: int = 64, benchmarks: bool = True) -> Path:
+    """Give a synthetic run what pico-train writes beside the captures: a training log (one
+    record per step, plus eval records), eval.json per checkpoint and, optionally, lm-eval
+    scores (benchmarks.json, the schema pico_analyze.scores documents)."""
+    import json
+    import math
+
+    from pico_format import list_checkpoints, write_json_atomic
+
+    run = RunPaths(root)
+    steps = list_checkpoints(run)
+    with open(run.log, "w") as f:
+        for step in range(1, steps[-1] + 1):
+            rec = {"step": step, "loss": 5.0 - 0.1 * step, "lr": 1e-3}
+            f.write(json.dumps({**rec, "tokens_seen": step * tokens_per_step}) + "\n")
+    for step in steps:
+        ckpt = run.checkpoint(step)
+        loss = 6.0 - 0.05 * step
+        write_json_atomic(
+            ckpt.eval, {"step": step, "eval_loss": loss, "eval_perplexity": math.exp(loss)}
+        )
+        if benchmarks:
+            acc = 0.25 + 0.01 * step
+            write_json_atomic(
+                ckpt.root / "benchmarks.json",
+                {
+                    "step": step,
+                    "harness": "lm-eval",
+                    "harness_version": "0.4.0",
+                    "limit": 16,
+                    "tasks": {
+                        "arc_easy": {
+                            "version": 1,
+                            "n_shot": 0,
+                            "metrics": {"acc": acc, "acc_stderr": 0.1, "alias": "arc_easy"},
+                        }
+                    },
+                },
+            )
+    return root
+
+
+@pytest.fixture(scope="session")
+def scored_runs(tmp_path_factory) -> tuple[Path, Path]:
+    """Two runs of different width on the same data, with logs, eval and benchmark scores."""
+    base = tmp_path_factory.mktemp("scored")
+    narrow = add_scores(make_pico_run(base / "narrow", steps=(0, 1, 2, 4, 8, 16, 32)))
+    wide = add_scores(make_pico_run(base / "wide", steps=(0, 1, 2, 4, 8, 16, 32), d=48))
+    return narrow, wide
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: end-to-end tests (subprocesses, full runs)")
