@@ -26,6 +26,9 @@ import torch
 from pico_analyze import analyze_run
 from pico_analyze.metrics import get_metric, list_metrics
 from pico_format import (
+    CAPTURE_SPLITS,
+    DEFAULT_CAPTURE_SUFFIXES,
+    EVAL_SPLIT,
     CaptureManifest,
     RunInfo,
     RunPaths,
@@ -33,11 +36,12 @@ from pico_format import (
     write_capture,
     write_run_info,
 )
+from pico_format.modules import layer_index, module_name
 from pico_train.checkpoint import save_model_files
 from pico_train.config import ModelConfig
 from pico_train.model import PicoDecoder
 
-MODULES = ("self_attn.v_proj", "self_attn.o_proj", "mlp.down_proj")
+MODULES = DEFAULT_CAPTURE_SUFFIXES
 
 
 def build_run(root: Path, n_checkpoints: int, n_rows: int, layers: int, seed: int = 0) -> Path:
@@ -53,7 +57,7 @@ def build_run(root: Path, n_checkpoints: int, n_rows: int, layers: int, seed: in
     torch.manual_seed(seed)
     model = PicoDecoder(cfg)
     modules = dict(model.named_modules())
-    names = [f"model.layers.{i}.{m}" for i in range(layers) for m in MODULES]
+    names = [module_name(i, suffix) for i in range(layers) for suffix in MODULES]
     run = RunPaths(root)
     write_run_info(
         run,
@@ -74,10 +78,10 @@ def build_run(root: Path, n_checkpoints: int, n_rows: int, layers: int, seed: in
                     p.add_(0.1 * p.std() * torch.randn(p.shape, generator=g))
         with checkpoint_transaction(run, step) as ckpt:
             save_model_files(ckpt.root, model)
-            for split in ("train", "eval"):
+            for split in CAPTURE_SPLITS:
                 ids = (
                     eval_ids
-                    if split == "eval"
+                    if split == EVAL_SPLIT
                     else torch.randint(0, cfg.vocab_size, (n_rows, 128), generator=g).tolist()
                 )
                 tensors = {"activations": {}, "weights": {}, "gradients": {}}
@@ -90,7 +94,7 @@ def build_run(root: Path, n_checkpoints: int, n_rows: int, layers: int, seed: in
                     step=step,
                     split=split,
                     modules=names,
-                    layers={n: int(n.split(".")[2]) for n in names},
+                    layers={n: layer_index(n) for n in names},
                     positions="last",
                     position_indices=[127],
                     seq_len=128,

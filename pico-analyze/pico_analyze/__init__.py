@@ -12,7 +12,7 @@ command and ``notebook`` the DataFrame API for notebooks::
 
 __version__ = "0.1.0"
 
-_ANALYZE = ("AnalysisResult", "analyze_run", "compare_runs")
+_ANALYZE = ("analyze_run", "compare_runs")
 _NOTEBOOK = (
     "run",
     "compare",
@@ -25,11 +25,15 @@ _NOTEBOOK = (
     "read_capture",
     "results_frame",
 )
-__all__ = [*_ANALYZE, *_NOTEBOOK, "__version__"]
+__all__ = ["AnalysisResult", *_ANALYZE, *_NOTEBOOK, "__version__"]
 
 
 def __getattr__(name: str):
     # Lazy, so `import pico_analyze.metrics` does not pull in plotting, pandas and the runner.
+    if name == "AnalysisResult":
+        from pico_analyze.result import AnalysisResult
+
+        return AnalysisResult
     if name in _ANALYZE:
         from pico_analyze import analyze
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -25,45 +24,18 @@ import yaml
 from pico_analyze import plots as plotting
 from pico_analyze import report, report_document, scores
 from pico_analyze.config import AnalysisConfig, config_to_dict, figures_from, load_config
-from pico_analyze.layer_similarity import LayerPair, layer_similarity, write_pairs
-from pico_analyze.load import Source, open_source
-from pico_analyze.plan import ChunkResult, Row
+from pico_analyze.layer_similarity import layer_similarity, write_pairs
+from pico_analyze.load import Source
 from pico_analyze.preflight import compare_warnings
+from pico_analyze.result import AnalysisResult
 from pico_analyze.runner import run_analysis
-from pico_analyze.sources.hub import HubRun
-from pico_analyze.table import write_table
+from pico_analyze.sources import HubRun, open_source
+from pico_analyze.table import Row, write_table
+from pico_format import RunPaths
+from pico_format.layout import ANALYSIS
 
 log = logging.getLogger("pico_analyze")
-ANALYSIS_DIR, COMPARE_DIR = "analysis", "analysis-compare"
-
-
-@dataclass
-class AnalysisResult:
-    """What an analysis wrote, and its rows in memory."""
-
-    out_dir: Path
-    table_path: Path  # results.csv
-    table_paths: list[Path]  # CSV, then parquet (or JSON lines)
-    plots: list[Path]
-    rows: list[Row]
-    runs: list[str]
-    steps: dict[str, list[int]]
-    seconds: float
-    stats: ChunkResult = field(repr=False, default_factory=ChunkResult)
-    summary_path: Path | None = None
-    warnings: list[str] = field(default_factory=list)  # run-level: what could not be checked/read
-    pairs: list[LayerPair] = field(default_factory=list, repr=False)  # layer x layer CKA
-    layer_table_path: Path | None = None
-    report_paths: list[Path] = field(default_factory=list)  # report.md, report.html
-    config: dict = field(default_factory=dict, repr=False)  # the resolved analysis config
-
-    @property
-    def notes(self) -> list[Row]:
-        """Rows whose value could not be measured or carries a warning."""
-        return [r for r in self.rows if r.note]
-
-    def summary(self) -> str:
-        return report.summarize(self)
+COMPARE_DIR = "analysis-compare"  # compare_runs' default output folder, under the first run
 
 
 def _config(
@@ -145,8 +117,9 @@ def _finish(
     )
     if cfg.report:
         result.report_paths = report_document.write_report(result, sources)
+    result.summary_text = report.summarize(result)
     result.summary_path = out_dir / "summary.txt"
-    result.summary_path.write_text(result.summary() + "\n")
+    result.summary_path.write_text(result.summary_text + "\n")
     if cfg.wandb.enabled:
         report.log_wandb(result, cfg.wandb, config)
     return result
@@ -185,9 +158,9 @@ def analyze_run(
     )
     if out_dir is None:
         out_dir = (
-            Path(f"{ANALYSIS_DIR}-{source.name}")
+            Path(f"{ANALYSIS}-{source.name}")
             if isinstance(source, HubRun)
-            else Path(run_dir) / ANALYSIS_DIR
+            else RunPaths(run_dir).analysis
         )
     return _finish([source], cfg, Path(out_dir), cross=False, started=started)
 

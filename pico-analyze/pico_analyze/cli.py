@@ -2,7 +2,8 @@
 
 Reads command-line arguments (run directories or Hub repo ids, an optional analysis YAML) and
 writes what :mod:`pico_analyze.analyze` writes, then prints where the results are and a short
-summary. Errors in the config or the run are printed as one message (exit status 1).
+summary. Errors in the config or the run are printed as one message (exit status 2); an analysis
+in which nothing could be measured writes its table and notes, then exits with status 1.
 
     pico-analyze run RUN_DIR [--config analysis.yaml] [--out DIR] [--device auto|cpu|cuda]
                              [--workers N] [--force-train-split] [--revision REV]
@@ -14,6 +15,7 @@ summary. Errors in the config or the run are printed as one message (exit status
 from __future__ import annotations
 
 import logging
+import math
 import sys
 
 import click
@@ -81,8 +83,22 @@ def _setup_logging(verbose: bool) -> None:
     )
 
 
+class _BadInput(click.ClickException):
+    exit_code = 2
+
+
 def _fail(err: Exception):
-    raise click.ClickException(str(err)) from None
+    raise _BadInput(str(err)) from None
+
+
+def _finish(result) -> None:
+    """Print the summary; exit 1 when not one value could be measured."""
+    click.echo(result.summary())
+    if not any(math.isfinite(r.value) for r in result.rows):
+        raise click.ClickException(
+            f"nothing could be measured ({len(result.rows)} values, all noted as not "
+            f"measurable; see the note column of {result.table_path})."
+        )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -134,7 +150,7 @@ def run(
         )
     except (ConfigError, SourceError, RunFormatError, ValueError) as err:
         _fail(err)
-    click.echo(result.summary())
+    _finish(result)
 
 
 @main.command()
@@ -169,7 +185,7 @@ def compare(
         )
     except (ConfigError, SourceError, RunFormatError, ValueError) as err:
         _fail(err)
-    click.echo(result.summary())
+    _finish(result)
 
 
 @main.command()

@@ -28,7 +28,9 @@ from dataclasses import dataclass
 
 import torch
 
-from pico_analyze.load import KINDS, RESIDUAL, ModelShape, module_name
+from pico_analyze.load import ModelShape
+from pico_format import CAPTURE_KINDS as KINDS
+from pico_format.modules import RESIDUAL, module_name
 
 COMPONENT_TYPES = ("simple", "ov_circuit", "qk_circuit")
 HEAD_MODES = ("per_head", "concat", "both")

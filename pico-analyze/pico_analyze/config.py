@@ -32,9 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from pico_analyze.components import ComponentSpec
+from pico_analyze.defaults import Default, default_compare_plan, default_plan
 from pico_analyze.metrics import get_metric, list_metrics
 from pico_analyze.metrics.registry import UnknownMetricError
 from pico_analyze.sources.original import SUFFIXES as ORIGINAL_SUFFIXES
@@ -213,6 +215,23 @@ def _target(value: Any, path: str) -> str | int | None:
     raise ConfigError(f"{path}: expected one of {TARGETS} or a step number, got {value!r}.")
 
 
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def check_device(value: Any, path: str) -> str:
+    """`value` if it names a device (auto, cpu, cuda, cuda:N, mps); else a ConfigError."""
+    text = str(value)
+    if text == "auto":
+        return text
+    try:
+        kind = torch.device(text).type
+    except (RuntimeError, ValueError, TypeError):
+        kind = None
+    if kind not in DEVICE_TYPES:
+        raise ConfigError(f"{path}: '{text}' is not a device; use auto, cpu, cuda, cuda:N or mps.")
+    return text
+
+
 def _bool(value: Any, path: str) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"{path}: expected true or false, got {value!r}.")
@@ -369,6 +388,20 @@ def _entries(raw: Any, path: str, components: dict[str, ComponentSpec]) -> list[
     return [_entry(r, f"{path}[{i}]", components) for i, r in enumerate(raw)]
 
 
+def _default_entries(plan: list[Default]) -> list[MetricEntry]:
+    return [MetricEntry(metric=m, components=c, splits=s, target=t) for m, c, s, t in plan]
+
+
+def default_metrics(captured: list[str] | None = None) -> list[MetricEntry]:
+    """The analysis `pico-analyze run` does with no config (see :func:`defaults.default_plan`)."""
+    return _default_entries(default_plan(captured))
+
+
+def default_compare_metrics(captured: list[str] | None = None) -> list[MetricEntry]:
+    """What `pico-analyze compare` measures across runs with no config."""
+    return _default_entries(default_compare_plan(captured))
+
+
 def config_from_dict(
     raw: dict[str, Any] | None, captured: list[str] | None = None
 ) -> AnalysisConfig:
@@ -393,7 +426,7 @@ def config_from_dict(
         if key in raw:
             setattr(cfg, key, _bool(raw[key], key))
     if "device" in raw:
-        cfg.device = str(raw["device"])
+        cfg.device = check_device(raw["device"], "device")
     if raw.get("workers") is not None:
         cfg.workers = _int(raw["workers"], "workers")
     if "wandb" in raw:
@@ -406,8 +439,6 @@ def config_from_dict(
     if not isinstance(comps, dict):
         raise ConfigError(f"components: expected a mapping of name -> component, got {comps!r}.")
     cfg.components = {str(k): _component(v, f"components.{k}") for k, v in comps.items()}
-    from pico_analyze.defaults import default_compare_metrics, default_metrics
-
     if "metrics" in raw:
         cfg.metrics = _entries(raw["metrics"], "metrics", cfg.components)
     else:
@@ -469,7 +500,8 @@ def load_config(
 
 
 def validate(cfg: AnalysisConfig) -> None:
-    """Whole-config checks: targets, the train-split guard, label collisions."""
+    """Whole-config checks: the device, targets, the train-split guard, label collisions."""
+    cfg.device = check_device(cfg.device, "device")
     seen: dict[str, tuple[int, set[str]]] = {}
     for i, e in enumerate(cfg.metrics):
         if e.comparative and e.target is None:

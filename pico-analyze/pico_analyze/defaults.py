@@ -1,16 +1,17 @@
 """The default analysis: what `pico-analyze run` and `compare` measure with no config.
 
 Reads the block-module suffixes a run captured (when known) and the metric registry; writes the
-:class:`~pico_analyze.config.MetricEntry` list used when a config has no `metrics` (or
+default plan as :data:`Default` tuples (metric, components, splits, target), which
+:mod:`pico_analyze.config` turns into metric entries when a config has no `metrics` (or
 `compare.metrics`). Metric names missing from the registry are skipped.
 """
 
 from __future__ import annotations
 
 from pico_analyze.components import ComponentSpec
-from pico_analyze.config import MetricEntry
-from pico_analyze.load import DEFAULT_SUFFIXES, RESIDUAL
 from pico_analyze.metrics import list_metrics
+from pico_format.modules import DEFAULT_CAPTURE_SUFFIXES as DEFAULT_SUFFIXES
+from pico_format.modules import RESIDUAL
 
 
 def _simple(kind: str, suffixes: list[str]) -> list[ComponentSpec]:
@@ -24,7 +25,11 @@ def _modules(captured: list[str] | None) -> tuple[list[str], list[str]]:
     return list(captured), [s for s in captured if s != RESIDUAL]
 
 
-def default_metrics(captured: list[str] | None = None) -> list[MetricEntry]:
+# One default entry: (metric, components, splits (None: the config's), target (comparative)).
+Default = tuple[str, list[ComponentSpec], list[str] | None, str | None]
+
+
+def default_plan(captured: list[str] | None = None) -> list[Default]:
     """The analysis `pico-analyze run` does with no config.
 
     Eval-split activations of each captured module (and of the residual stream, when captured):
@@ -54,14 +59,9 @@ def default_metrics(captured: list[str] | None = None) -> list[MetricEntry]:
         ("gradient_cosine_similarity", grads, eval_only, "previous"),
     ]
     registered = set(list_metrics())
-    return [
-        MetricEntry(metric=m, components=c, splits=s, target=t)
-        for m, c, s, t in plan
-        if m in registered
-    ]
+    return [entry for entry in plan if entry[0] in registered]
 
 
-def default_compare_metrics(captured: list[str] | None = None) -> list[MetricEntry]:
+def default_compare_plan(captured: list[str] | None = None) -> list[Default]:
     """Cross-run default: debiased CKA of each captured module's eval activations."""
-    acts = _simple("activations", _modules(captured)[0])
-    return [MetricEntry(metric="cka", components=acts, splits=["eval"], target=None)]
+    return [("cka", _simple("activations", _modules(captured)[0]), ["eval"], None)]

@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullLocator
 
 from pico_analyze.config import FiguresConfig
-from pico_analyze.plan import Row
+from pico_analyze.table import Row
 
 PLOTS_DIR = "plots"
 HEATMAP_FROM_LAYERS = 7  # a metric over more layers than this is drawn as a layer x step heatmap
@@ -60,7 +60,7 @@ def safe_name(label: str) -> str:
 
 
 def is_cross(row: Row) -> bool:
-    return bool(row.reference) and row.reference.startswith("run ")
+    return row.cross_run
 
 
 def is_previous(row: Row) -> bool:

@@ -25,10 +25,12 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from pico_analyze.config import AnalysisConfig
-from pico_analyze.load import DEFAULT_SUFFIXES, LoadRequest, MissingData, module_name
+from pico_analyze.load import LoadRequest, MissingData
 from pico_analyze.metrics.registry import MetricError
 from pico_analyze.metrics.similarity import cka
 from pico_analyze.metrics.similarity_null import cka_permutation_test
+from pico_format.modules import DEFAULT_CAPTURE_SUFFIXES as DEFAULT_SUFFIXES
+from pico_format.modules import module_name
 
 CSV_NAME = "layer_similarity.csv"
 

@@ -1,10 +1,11 @@
 """Sources -> one uniform in-memory view of a checkpoint.
 
-Reads a run through one of the sources in :mod:`pico_analyze.sources` (our run directory via
-``pico_format``, the original pico-train layout, or a Hugging Face Hub repository holding either)
-and writes nothing: :meth:`Source.load` returns a :class:`Checkpoint` holding float32 tensors
-(bf16 captures are upcast) keyed by canonical module names, the Hugging Face Llama names that
-pico-train's model uses (``model.layers.3.self_attn.v_proj``).
+Defines what every source in :mod:`pico_analyze.sources` returns (our run directory via
+``pico_format``, the original pico-train layout, or a Hugging Face Hub repository holding either;
+opened with :func:`pico_analyze.sources.open_source`) and writes nothing: :meth:`Source.load`
+returns a :class:`Checkpoint` holding float32 tensors (bf16 captures are upcast; float64 stays)
+keyed by canonical module names, the Hugging Face Llama names that pico-train's model uses
+(``model.layers.3.self_attn.v_proj``).
 
     Checkpoint.weights                       {module: W (out, in)}            split-independent
     Checkpoint.splits[split].activations     {module: module output (n_rows, width)}
@@ -18,26 +19,10 @@ once, and only in part.
 
 from __future__ import annotations
 
-import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
-
-KINDS = ("activations", "weights", "gradients")
-SPLIT_KINDS = ("activations", "gradients")  # kinds that depend on the captured batch
-
-# Module suffixes inside a decoder block (transformers' Llama names, as in pico_train.model).
-ATTENTION = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
-MLP = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
-BLOCK_SUFFIXES = ATTENTION + MLP
-# What pico-train (and the original pico-train) capture by default.
-DEFAULT_SUFFIXES = ("self_attn.v_proj", "self_attn.o_proj", "mlp.down_proj")
-
-# The block's output (the residual stream after block i), captured with capture.residual.
-RESIDUAL = "residual"
-_CANONICAL = re.compile(r"^model\.layers\.(\d+)(?:\.(.+))?$")
 
 
 class SourceError(RuntimeError):
@@ -49,18 +34,6 @@ class MissingData(LookupError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
-
-
-def module_name(layer: int, suffix: str) -> str:
-    """Canonical module name of `suffix` in block `layer` (transformers' Llama naming);
-    suffix ``residual`` names the block itself (its output is the residual stream)."""
-    return f"model.layers.{layer}" if suffix == RESIDUAL else f"model.layers.{layer}.{suffix}"
-
-
-def parse_module(name: str) -> tuple[int, str] | None:
-    """(layer, suffix) of a canonical block module name, or None."""
-    match = _CANONICAL.match(name)
-    return (int(match.group(1)), match.group(2) or RESIDUAL) if match else None
 
 
 @dataclass(frozen=True)
@@ -101,12 +74,6 @@ class LoadRequest:
             self.weights.add(module)
         else:
             self.splits.setdefault(split, {}).setdefault(kind, set()).add(module)
-
-    def merge(self, other: LoadRequest) -> None:
-        self.weights |= other.weights
-        for split, kinds in other.splits.items():
-            for kind, modules in kinds.items():
-                self.splits.setdefault(split, {}).setdefault(kind, set()).update(modules)
 
 
 @dataclass
@@ -180,36 +147,3 @@ class Source(ABC):
     @abstractmethod
     def load(self, step: int, request: LoadRequest, device: str = "cpu") -> Checkpoint:
         """Read the requested tensors of one checkpoint; what is absent is named in .missing."""
-
-
-def open_source(spec: str | Path, revision: str | None = None) -> Source:
-    """A run from a local folder (ours or the original layout) or a Hub repo id.
-
-    `spec` is a path; ``hf://owner/name[@revision]``; or a bare ``owner/name`` that is not a
-    local path.
-    """
-    from pico_analyze.sources.hub import HubRun, parse_hub_spec
-    from pico_analyze.sources.original import OriginalRun
-    from pico_analyze.sources.pico import PicoRun
-
-    text = str(spec)
-    path = Path(text).expanduser()
-    if not text.startswith("hf://") and path.exists():
-        if not path.is_dir():
-            raise SourceError(f"'{path}' is a file; give a run directory.")
-        if PicoRun.detect(path):
-            return PicoRun(path)
-        if OriginalRun.detect(path):
-            return OriginalRun(path)
-        raise SourceError(
-            f"'{path}' is neither a pico run directory (checkpoints/step_*/checkpoint.json) nor "
-            f"an original pico-train run (training_config.yaml + checkpoints/step_*/"
-            f"learning_dynamics)."
-        )
-    hub = parse_hub_spec(text, revision)
-    if hub is None:
-        raise SourceError(
-            f"'{text}' is not a directory, and not a Hugging Face repo id "
-            f"(owner/name or hf://owner/name[@revision])."
-        )
-    return HubRun(*hub)

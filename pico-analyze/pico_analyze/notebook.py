@@ -13,8 +13,9 @@ pa``, so ``pa.<TAB>`` lists it::
     cap = pa.read_capture("runs/demo/checkpoints/step_00000100", "eval")
     acts = cap.get("activations", "model.layers.0.mlp.down_proj")
 
-The results DataFrame has the table's columns (run, step, tokens_seen, split, component, kind,
-module, layer, head, metric, function, reference, value, note); ``metric`` is the entry's label
+The results DataFrame has the table's columns (run, step, split, component, kind, module,
+layer, head, metric, function, reference_step, reference_run, value, note, tokens_seen);
+``metric`` is the entry's label
 (``cka@last``), ``value`` NaN where ``note`` says why it could not be measured.
 """
 
@@ -48,7 +49,7 @@ def results_frame(rows) -> pd.DataFrame:
     frame = pd.DataFrame([[getattr(r, c) for c in COLUMNS] for r in rows], columns=COLUMNS)
     for col in ("step", "layer"):
         frame[col] = frame[col].astype("int64")
-    for col in ("head", "tokens_seen"):
+    for col in ("head", "reference_step", "tokens_seen"):
         frame[col] = frame[col].astype("Int64")  # nullable: None where it does not apply
     frame["value"] = frame["value"].astype("float64")
     return frame
@@ -99,12 +100,12 @@ def load_results(path: str | Path) -> pd.DataFrame:
         frame = pd.read_parquet(file)
     else:
         frame = pd.read_csv(file, keep_default_na=False, na_values={"value": [""]})
-        for col in ("split", "reference"):
+        for col in ("split", "reference_run"):
             frame[col] = frame[col].replace("", None)
-        for col in ("head", "tokens_seen"):
+        for col in ("head", "reference_step", "tokens_seen"):
             if col in frame:
                 frame[col] = pd.to_numeric(frame[col].replace("", None)).astype("Int64")
-    for col in ("head", "tokens_seen"):
+    for col in ("head", "reference_step", "tokens_seen"):
         if col in frame:
             frame[col] = frame[col].astype("Int64")
     return frame

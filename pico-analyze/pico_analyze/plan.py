@@ -1,14 +1,15 @@
-"""The plan of an analysis: what to measure, for which runs, steps and layers; and the row type.
+"""The plan of an analysis: what to measure, for which runs, steps and layers.
 
 Reads an :class:`~pico_analyze.config.AnalysisConfig` and the runs' sources (their steps and
 shapes, not their tensors) and writes plain, picklable data for the runner: a :class:`Task` per
 (metric entry, component), a :class:`RunPlan` per run (analysed steps, layers, and the one
 :class:`~pico_analyze.load.LoadRequest` every checkpoint is read with), :class:`Job` chunks of
-steps for worker processes, and the :class:`Row` the results table is made of.
+steps for worker processes.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 
@@ -18,26 +19,9 @@ from pico_analyze.components import ComponentSpec
 from pico_analyze.config import AnalysisConfig, ConfigError, MetricEntry
 from pico_analyze.load import LoadRequest, Source
 from pico_analyze.metrics import get_metric
+from pico_analyze.table import Row
 
-
-@dataclass
-class Row:
-    """One measured value: the results table's columns."""
-
-    run: str
-    step: int
-    split: str | None
-    component: str  # simple | ov_circuit | ov_circuit_concat | qk_circuit | qk_circuit_concat
-    kind: str
-    module: str
-    layer: int
-    head: int | None
-    metric: str  # the entry's label
-    function: str  # the registered metric
-    reference: str | None  # comparative: "step N" or "run NAME"
-    value: float
-    note: str = ""
-    tokens_seen: int | None = None  # tokens trained on before `step` (None: unknown)
+log = logging.getLogger("pico_analyze")
 
 
 @dataclass(frozen=True)
@@ -90,6 +74,8 @@ def resolve_device(device: str) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device '{device}' requested but CUDA is not available.")
+    if device.startswith("mps") and not torch.backends.mps.is_available():
+        raise ConfigError(f"device '{device}' requested but MPS is not available.")
     return device
 
 
@@ -144,7 +130,27 @@ def auto_workers(n_steps: int, device: str) -> int:
     return max(1, min(cores or 1, n_steps // 2, 4))
 
 
+def _check_requested_steps(sources: list[Source], cfg: AnalysisConfig) -> None:
+    """Steps listed in the config that a run lacks: an error when no run has them (or there is
+    one run), else a warning naming them per run."""
+    if not isinstance(cfg.steps, list):
+        return  # a range or all: whatever checkpoints exist
+    held = {source.name: set(source.steps()) for source in sources}
+    nowhere = [s for s in cfg.steps if not any(s in h for h in held.values())]
+    for name, steps in held.items():
+        missing = [s for s in cfg.steps if s not in steps]
+        if missing and (len(sources) == 1 or nowhere):
+            raise ConfigError(
+                f"steps {missing} are not checkpoints of run '{name}' (available: {sorted(steps)})."
+            )
+        if missing:
+            log.warning(
+                "run '%s' has no checkpoint at steps %s; analysed without them", name, missing
+            )
+
+
 def plan_runs(sources: list[Source], cfg: AnalysisConfig, tasks: list[Task]) -> list[RunPlan]:
+    _check_requested_steps(sources, cfg)
     plans = []
     for source in sources:
         available = source.steps()

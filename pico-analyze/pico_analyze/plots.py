@@ -32,9 +32,9 @@ from matplotlib import colormaps
 
 from pico_analyze import figure_style as fs
 from pico_analyze.config import FiguresConfig
-from pico_analyze.plan import Row
 from pico_analyze.plots_layers import plot_layer_matrices
 from pico_analyze.scores import EVAL_LOSS, LOSS_KIND
+from pico_analyze.table import Row
 
 RUN_COLORS = colormaps["tab10"]
 
@@ -47,8 +47,8 @@ def per_step_rows(rows: list[Row]) -> list[Row]:
     """@previous rows divided by the step gap to their reference (value per training step)."""
     out = []
     for r in rows:
-        if fs.is_previous(r) and r.reference and r.reference.startswith("step "):
-            gap = r.step - int(r.reference.removeprefix("step "))
+        if fs.is_previous(r) and r.reference_step is not None and not r.cross_run:
+            gap = r.step - r.reference_step
             if gap > 0:
                 r = replace(r, value=r.value / gap)
         out.append(r)

@@ -14,10 +14,10 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pico_analyze.plan import Row
+from pico_analyze.result import AnalysisResult
+from pico_analyze.table import COLUMNS, Row
 
 if TYPE_CHECKING:
-    from pico_analyze.analyze import AnalysisResult
     from pico_analyze.config import WandbConfig
 
 
@@ -95,8 +95,8 @@ def summarize(result: AnalysisResult) -> str:
         names = ", ".join(p.name for p in result.plots)
         out.append(f"Plots ({len(result.plots)}) in {folder}: {names}")
     many = len(result.runs) > 1
-    lines = highlights([r for r in rows if not (r.reference or "").startswith("run ")], many)
-    cross = highlights([r for r in rows if (r.reference or "").startswith("run ")], many)
+    lines = highlights([r for r in rows if not r.cross_run], many)
+    cross = highlights([r for r in rows if r.cross_run], many)
     if lines:
         out.append("Mean over layers (and heads), first -> last checkpoint:")
         out += lines
@@ -152,7 +152,7 @@ def log_wandb(result: AnalysisResult, cfg: WandbConfig, config: dict) -> None:
         by_step[step][key] = sum(vals) / len(vals)
     for step in sorted(by_step):
         run.log(by_step[step], step=step)
-    columns = list(Row.__dataclass_fields__)
+    columns = COLUMNS
     run.log(
         {
             "results": wandb.Table(

@@ -33,7 +33,7 @@ from pico_analyze import figure_style as fs
 from pico_format import RunFormatError, RunPaths, read_run_info
 
 if TYPE_CHECKING:
-    from pico_analyze.analyze import AnalysisResult
+    from pico_analyze.result import AnalysisResult
 
 MD_NAME, HTML_NAME = "report.md", "report.html"
 MIME = {".png": "image/png", ".svg": "image/svg+xml"}

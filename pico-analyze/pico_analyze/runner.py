@@ -3,8 +3,12 @@
 Reads checkpoints through :class:`~pico_analyze.load.Source` (each checkpoint loaded once, only
 the tensors the config needs, on the analysis device), builds each component once per layer
 (:mod:`pico_analyze.components`), applies every metric entry that uses it and writes nothing: it
-returns :class:`~pico_analyze.plan.Row` objects for :mod:`pico_analyze.table`.
+returns :class:`~pico_analyze.table.Row` objects for :mod:`pico_analyze.table`.
 
+* Metrics get each tensor as loaded (float32 captures stay float32; bf16 ones are upcast to
+  float32 by the loader, exactly; circuits are float64 products), so every value in the table
+  equals a direct call of the metric on that tensor, and rank tolerances documented for the
+  input's dtype hold in the table too.
 * The metrics of one matrix share one singular value decomposition
   (:mod:`pico_analyze.metrics.singular_values`); per-head circuits get theirs from their low-rank
   factors.
@@ -14,8 +18,12 @@ returns :class:`~pico_analyze.plan.Row` objects for :mod:`pico_analyze.table`.
   iteration before), or, for cross-run entries, the reference run at the same step.
 * Comparing captures of different inputs (the train split across steps, or batches whose token
   ids differ) is refused, as a note, unless forced.
-* A metric that fails on one input (:class:`MetricError` or any other error) becomes a row with
-  value NaN and the reason in `note`; the analysis goes on.
+* A value that cannot be measured (missing data, a component that cannot be built, a
+  :class:`MetricError` or any other error of a metric) is a
+  :class:`~pico_analyze.table.NotMeasurable`: its row has value NaN and the reason in `note`;
+  the analysis goes on.
+* One path serves both kinds of comparison: a run against its own target steps, and (compare)
+  each run against the reference run at the same step; only the reference differs.
 * Checkpoints are processed in contiguous chunks by worker processes when that helps; a chunk
   also loads the step before it (for ``previous``) and the target steps once.
 """
@@ -26,7 +34,7 @@ import math
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 from tqdm.auto import tqdm
@@ -40,7 +48,6 @@ from pico_analyze.metrics.singular_values import SharedSingularValues, low_rank_
 from pico_analyze.plan import (
     ChunkResult,
     Job,
-    Row,
     Task,
     auto_workers,
     plan_runs,
@@ -48,6 +55,7 @@ from pico_analyze.plan import (
     tasks_from,
     with_references,
 )
+from pico_analyze.table import NotMeasurable, Row
 
 __all__ = ["Row", "run_analysis"]
 
@@ -57,20 +65,17 @@ class _State:
 
     def __init__(self, ckpt: Checkpoint, share_svd: bool):
         self.ckpt, self.share_svd = ckpt, share_svd
-        self.cache: dict[tuple, list[ComponentValue] | str] = {}
+        self.cache: dict[tuple, list[ComponentValue] | NotMeasurable] = {}
 
     def component(
         self, spec: ComponentSpec, split: str | None, layer: int
-    ) -> list[ComponentValue] | str:
-        """The component's values, or the reason they cannot be built (a note)."""
+    ) -> list[ComponentValue] | NotMeasurable:
+        """The component's values, or why they cannot be built."""
         key = (split, spec.key, layer)
         if key not in self.cache:
             get = lambda kind, mod: self.ckpt.tensor(kind, mod, split)  # noqa: E731
             try:
-                values = build(spec, layer, get, self.ckpt.shape)
-                for v in values:  # float64 once here, not once per metric
-                    if v.tensor.dtype != torch.float64 and v.tensor.device.type != "mps":
-                        v.tensor = v.tensor.double()
+                values = build(spec, layer, get, self.ckpt.shape)  # as loaded: no upcast
                 heads = [v for v in values if v.factors is not None]
                 if heads and self.share_svd:  # all heads' singular values in one batched call
                     a = torch.stack([v.factors[0] for v in heads])
@@ -79,20 +84,20 @@ class _State:
                         v.singular_values = sv
                 self.cache[key] = values
             except MissingData as err:
-                self.cache[key] = f"missing: {err}"
+                self.cache[key] = NotMeasurable(f"missing: {err}")
             except (ValueError, RuntimeError) as err:
-                self.cache[key] = f"component failed: {err}"
+                self.cache[key] = NotMeasurable(f"component failed: {err}")
         return self.cache[key]
 
 
-def _measure(task: Task, *tensors: torch.Tensor) -> tuple[float, str]:
+def _measure(task: Task, *tensors: torch.Tensor) -> float | NotMeasurable:
     try:
         value = float(get_metric(task.metric).fn(*tensors, **dict(task.settings)))
     except MetricError as err:
-        return math.nan, str(err)
+        return NotMeasurable(str(err))
     except Exception as err:  # one bad input never aborts the analysis
-        return math.nan, f"{type(err).__name__}: {err}"
-    return value, "" if math.isfinite(value) else "non-finite value"
+        return NotMeasurable(f"{type(err).__name__}: {err}")
+    return value if math.isfinite(value) else NotMeasurable(f"non-finite value ({value})")
 
 
 def _input_problem(cur: Checkpoint, ref: Checkpoint, split: str | None) -> str | None:
@@ -138,6 +143,24 @@ def _ordered(items) -> list:
     return list(dict.fromkeys(items))
 
 
+@dataclass(frozen=True)
+class _Where:
+    """What a comparative value is compared with: run index `run` at `step`."""
+
+    run: int
+    step: int
+
+
+@dataclass
+class _Reference:
+    """The reference's values of one component at one layer, keyed by (component, head)."""
+
+    where: _Where
+    label: str  # "step N" or "run NAME", for notes
+    values: dict[tuple[str, int | None], ComponentValue] | NotMeasurable
+    problem: str | None  # why the inputs differ (train captures of different batches), or None
+
+
 class _Chunk:
     def __init__(self, job: Job):
         self.job = job
@@ -165,18 +188,21 @@ class _Chunk:
 
     def row(
         self,
-        plan,
-        step,
-        task,
-        split,
-        layer,
+        r: int,
+        step: int,
+        task: Task,
+        split: str | None,
+        layer: int,
         value: ComponentValue | None,
-        reference,
-        result: tuple[float, str],
+        where: _Where | None,
+        result: float | NotMeasurable,
+        warning: str = "",
     ) -> None:
+        missing = isinstance(result, NotMeasurable)
+        note = "; ".join(x for x in (warning, result.reason if missing else "") if x)
         self.result.rows.append(
             Row(
-                run=plan.source.name,
+                run=self.job.runs[r].source.name,
                 step=step,
                 split=split,
                 component=value.component if value else task.component.type,
@@ -186,50 +212,60 @@ class _Chunk:
                 head=value.head if value else None,
                 metric=task.label,
                 function=task.metric,
-                reference=reference,
-                value=result[0],
-                note=result[1],
+                reference_step=where.step if where else None,
+                reference_run=(
+                    self.job.runs[where.run].source.name if where and where.run != r else None
+                ),
+                value=math.nan if missing else result,
+                note=note,
             )
         )
 
-    @staticmethod
-    def reference(cur: _State, ref: _State, spec: ComponentSpec, split, layer, label: str):
-        """(label, {(component, head): value} or a note, input problem) of a reference."""
+    def reference(
+        self, cur: _State, r: int, where: _Where, spec: ComponentSpec, split, layer
+    ) -> _Reference:
+        """The component at `where`, and whether its inputs match the current step's."""
+        ref = self.state(where.run, where.step)
+        label = (
+            f"run {self.job.runs[where.run].source.name}"
+            if where.run != r
+            else f"step {where.step}"
+        )
         values = ref.component(spec, split, layer)
-        if isinstance(values, str):
-            return label, f"reference {label}: {values}", None
+        if isinstance(values, NotMeasurable):
+            return _Reference(
+                where, label, NotMeasurable(f"reference {label}: {values.reason}"), None
+            )
         by_key = {(v.component, v.head): v for v in values}
-        return label, by_key, _input_problem(cur.ckpt, ref.ckpt, split)
+        return _Reference(where, label, by_key, _input_problem(cur.ckpt, ref.ckpt, split))
 
-    def measure(self, plan, step, split, layer, values, tasks, refs) -> None:
+    def measure(self, r, step, split, layer, values, tasks, refs: dict[Task, _Reference]) -> None:
         """Every task on every value; one value's singular values serve all its tasks."""
         for t in tasks:
             ref = refs.get(t)
-            if ref is not None and isinstance(ref[1], str):
-                self.row(plan, step, t, split, layer, None, ref[0], (math.nan, ref[1]))
+            if ref is not None and isinstance(ref.values, NotMeasurable):
+                self.row(r, step, t, split, layer, None, ref.where, ref.values)
         for v in values:
             self.svd.prime(v.tensor, v.singular_values)
             for t in tasks:
                 if not t.comparative:
-                    self.row(plan, step, t, split, layer, v, None, _measure(t, v.tensor))
+                    self.row(r, step, t, split, layer, v, None, _measure(t, v.tensor))
                     continue
                 ref = refs.get(t)
-                if ref is None or isinstance(ref[1], str):
+                if ref is None or isinstance(ref.values, NotMeasurable):
                     continue  # no previous step yet, or noted above
-                label, by_key, problem = ref
-                other = by_key.get((v.component, v.head))
+                other = ref.values.get((v.component, v.head))
+                warning = ""
                 if other is None:
-                    result = (math.nan, f"reference {label} has no {v.component} head {v.head}")
-                elif problem and not self.job.force:
-                    result = (math.nan, f"refused: {problem}; {_advice(split)}")
+                    result = NotMeasurable(
+                        f"reference {ref.label} has no {v.component} head {v.head}"
+                    )
+                elif ref.problem and not self.job.force:
+                    result = NotMeasurable(f"refused: {ref.problem}; {_advice(split)}")
                 else:
                     result = _measure(t, other.tensor, v.tensor)
-                    if problem:
-                        result = (
-                            result[0],
-                            "; ".join(x for x in (f"forced: {problem}", result[1]) if x),
-                        )
-                self.row(plan, step, t, split, layer, v, label, result)
+                    warning = f"forced: {ref.problem}" if ref.problem else ""
+                self.row(r, step, t, split, layer, v, ref.where, result, warning)
             self.svd.clear()
 
     def cells(self, group: list[Task], layers: list[int]):
@@ -244,49 +280,45 @@ class _Chunk:
                 if tasks:
                     yield split, layer, tasks
 
-    def analyse(self, r: int, step: int) -> None:
-        plan = self.job.runs[r]
+    def analyse(self, r: int, step: int, groups, layers: list[int], reference_of) -> None:
+        """Run `r` at `step`: every task of `groups` at `layers`; a comparative task is compared
+        with ``reference_of(task)`` (a :class:`_Where`, or None when there is none yet)."""
         cur = self.state(r, step)
-        for group in self.groups:
+        for group in groups:
             spec = group[0].component
-            for split, layer, tasks in self.cells(group, plan.layers):
+            for split, layer, tasks in self.cells(group, layers):
                 values = cur.component(spec, split, layer)
-                if isinstance(values, str):
+                wheres = {t: reference_of(t) for t in tasks if t.comparative}
+                if isinstance(values, NotMeasurable):
                     for t in tasks:
-                        self.row(plan, step, t, split, layer, None, None, (math.nan, values))
+                        self.row(r, step, t, split, layer, None, wheres.get(t), values)
                     continue
-                refs = {}
-                for t in tasks:
-                    ref_step = self.target_step(r, t.target, step) if t.comparative else None
-                    if ref_step is not None:
-                        refs[t] = self.reference(
-                            cur, self.state(r, ref_step), spec, split, layer, f"step {ref_step}"
-                        )
-                self.measure(plan, step, split, layer, values, tasks, refs)
+                refs = {
+                    t: self.reference(cur, r, w, spec, split, layer)
+                    for t, w in wheres.items()
+                    if w is not None
+                }
+                self.measure(r, step, split, layer, values, tasks, refs)
 
-    def cross(self, step: int) -> None:
-        """Each run against the reference run at the same step (same layer index)."""
+    def analyse_step(self, step: int) -> None:
+        """Every run at `step` against its own target steps, then (compare) each run against
+        the reference run at the same step, on the layers both have."""
+        for r, plan in enumerate(self.job.runs):
+            if step in plan.steps:
+
+                def own(t: Task, r=r) -> _Where | None:
+                    ref_step = self.target_step(r, t.target, step)
+                    return None if ref_step is None else _Where(r, ref_step)
+
+                self.analyse(r, step, self.groups, plan.layers, own)
         ref_r = self.job.reference_run
         ref_plan = self.job.runs[ref_r]
-        if step not in ref_plan.steps:
+        if not self.cross_groups or step not in ref_plan.steps:
             return
-        label = f"run {ref_plan.source.name}"
         for r, plan in enumerate(self.job.runs):
-            if r == ref_r or step not in plan.steps:
-                continue
-            cur, ref = self.state(r, step), self.state(ref_r, step)
-            layers = [x for x in plan.layers if x in ref_plan.layers]
-            for group in self.cross_groups:
-                spec = group[0].component
-                for split, layer, tasks in self.cells(group, layers):
-                    tasks = [replace(t, label=f"{t.label}@{ref_plan.source.name}") for t in tasks]
-                    values = cur.component(spec, split, layer)
-                    if isinstance(values, str):
-                        for t in tasks:
-                            self.row(plan, step, t, split, layer, None, label, (math.nan, values))
-                        continue
-                    refs = {t: self.reference(cur, ref, spec, split, layer, label) for t in tasks}
-                    self.measure(plan, step, split, layer, values, tasks, refs)
+            if r != ref_r and step in plan.steps:
+                layers = [x for x in plan.layers if x in ref_plan.layers]
+                self.analyse(r, step, self.cross_groups, layers, lambda t: _Where(ref_r, step))
 
     def evict(self, step: int) -> None:
         """Keep only what later steps compare with: this step (previous) and fixed targets."""
@@ -309,11 +341,7 @@ class _Chunk:
             for step in self.job.steps if steps is None else steps:
                 t0 = time.perf_counter()
                 loaded = self.result.seconds_load
-                for r, plan in enumerate(self.job.runs):
-                    if step in plan.steps:
-                        self.analyse(r, step)
-                if len(self.job.runs) > 1 and self.cross_groups:
-                    self.cross(step)
+                self.analyse_step(step)
                 self.evict(step)
                 spent = time.perf_counter() - t0 - (self.result.seconds_load - loaded)
                 self.result.seconds_compute += spent
@@ -377,6 +405,7 @@ def run_analysis(
     if ref is not None and ref not in names:
         raise ConfigError(f"compare.reference '{ref}' is not one of the runs: {names}.")
     reference_run = names.index(ref) if ref is not None else 0
+    cross_tasks = [replace(t, label=f"{t.label}@{names[reference_run]}") for t in cross_tasks]
     steps = sorted({s for p in plans for s in p.steps})
     job = Job(
         plans,

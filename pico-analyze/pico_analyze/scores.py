@@ -30,7 +30,7 @@ from pathlib import Path
 
 import yaml
 
-from pico_analyze.plan import Row
+from pico_analyze.table import Row
 from pico_format import RunFormatError, RunPaths, read_json
 from pico_format.layout import CheckpointPaths
 
@@ -103,7 +103,8 @@ def _row(run: str, step: int, metric: str, kind: str, split, module: str, value,
         head=None,
         metric=metric,
         function=metric,
-        reference=None,
+        reference_step=None,
+        reference_run=None,
         value=value,
         note=note,
     )

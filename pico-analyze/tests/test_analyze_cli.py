@@ -45,10 +45,10 @@ def test_run_errors_are_one_message(pico_run, tmp_path):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("metrics:\n  - metric: cka\n    components: [x]\n    taget: last\n")
     result = CliRunner().invoke(main, ["run", str(pico_run), "--config", str(cfg)])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "unknown key 'taget'" in result.output and "Did you mean 'target'" in result.output
     result = CliRunner().invoke(main, ["run", str(tmp_path / "nope")])
-    assert result.exit_code == 1 and "not a directory" in result.output
+    assert result.exit_code == 2 and "no such run directory" in result.output
 
 
 def test_compare_command(pico_run, original_run, tmp_path):

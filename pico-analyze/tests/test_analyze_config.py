@@ -7,8 +7,13 @@ from pathlib import Path
 import pytest
 
 from pico_analyze.components import ComponentSpec
-from pico_analyze.config import ConfigError, StepRange, config_from_dict, load_config
-from pico_analyze.defaults import default_metrics
+from pico_analyze.config import (
+    ConfigError,
+    StepRange,
+    config_from_dict,
+    default_metrics,
+    load_config,
+)
 
 V_ACT = {"type": "simple", "kind": "activations", "module": "self_attn.v_proj"}
 

@@ -15,6 +15,7 @@ from pico_analyze.components import (
     qk_weights,
 )
 from pico_analyze.load import MissingData, ModelShape
+from pico_format.modules import module_name
 
 SHAPE = ModelShape(d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8)
 
@@ -114,8 +115,8 @@ def test_qk_weights(attn):
 
 def test_build_reads_only_what_it_needs_and_reports_missing(attn):
     held = {
-        ("weights", "model.layers.1.self_attn.v_proj"): attn["w_v"],
-        ("weights", "model.layers.1.self_attn.o_proj"): attn["w_o"],
+        ("weights", module_name(1, "self_attn.v_proj")): attn["w_v"],
+        ("weights", module_name(1, "self_attn.o_proj")): attn["w_o"],
     }
 
     def get(kind, module):

@@ -51,7 +51,7 @@ def test_null_matches_an_explicit_shuffle_loop():
 
 
 def test_layer_matrices_within_and_across_runs_of_different_depth(tmp_path):
-    from conftest import make_pico_run
+    from synthetic_runs import make_pico_run
 
     a = PicoRun(make_pico_run(tmp_path / "a", steps=(0, 10)))
     b = PicoRun(make_pico_run(tmp_path / "b", steps=(0, 10), d=48))
@@ -86,7 +86,7 @@ def _request():
 
 
 def test_compare_warns_about_different_data_naming_what_differs(tmp_path, caplog):
-    from conftest import make_pico_run
+    from synthetic_runs import make_pico_run
 
     a = make_pico_run(tmp_path / "a", steps=(0, 10))
     b = make_pico_run(tmp_path / "b", steps=(0, 10, 20), eval_seed=99)

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import CAPTURED
 from safetensors.torch import load_file
 
 from pico_analyze.load import (
     LoadRequest,
     MissingData,
     SourceError,
-    module_name,
-    open_source,
-    parse_module,
 )
-from pico_analyze.sources import OriginalRun, PicoRun
+from pico_analyze.sources import OriginalRun, PicoRun, open_source
 from pico_analyze.sources.original import canonical_name
 from pico_format import RunPaths
+from pico_format.modules import module_name
+from pico_format.modules import parse_module_name as parse_module
+
+from synthetic_runs import CAPTURED
 
 
 def full_request(layers=2, splits=("train", "eval")) -> LoadRequest:
@@ -128,5 +128,22 @@ def test_module_names():
 def test_open_source_rejects_unknown_folders(tmp_path):
     with pytest.raises(SourceError, match="neither"):
         open_source(tmp_path)
-    with pytest.raises(SourceError, match="not a directory"):
+    with pytest.raises(SourceError, match="no such run directory"):
         open_source(tmp_path / "does" / "not" / "exist")
+
+
+def test_a_mistyped_local_path_is_not_taken_for_a_hub_repo(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    def hub_call(*args, **kwargs):
+        raise AssertionError("the Hub was asked about a local path")
+
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", hub_call)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", hub_call)
+    (tmp_path / "runs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    for typo in ("runs/dmeo", "./dmeo", "runs/dmeo/", "a/b/c", "~/no-such-run-here"):
+        with pytest.raises(SourceError, match=r"^no such run directory: '"):
+            open_source(typo)
+    assert type(open_source("owner/name")).__name__ == "HubRun"  # no local folder 'owner'
+    assert type(open_source("hf://runs/dmeo")).__name__ == "HubRun"  # explicit

@@ -221,6 +221,49 @@ def test_cca_family_refuses_too_many_features(metric, n, p):
         metric(y, x)
 
 
+@pytest.mark.parametrize("metric", [M.svcca, M.pwcca, M.canonical_correlations])
+def test_cca_family_refuses_subspaces_that_must_intersect(metric):
+    """n samples span n - 1 centred dimensions: subspaces of p_x + p_y > n - 1 dimensions share
+    at least p_x + p_y - (n - 1) directions, each a canonical correlation of 1 for any data."""
+    n, p = 20, 10  # each width passes (10 <= n - 2); together 20 > 19
+    x, y = randn(n, p, seed=40), randn(n, p, seed=41)  # independent noise
+    qx = torch.linalg.svd(x - x.mean(0), full_matrices=False).U
+    qy = torch.linalg.svd(y - y.mean(0), full_matrices=False).U
+    rho = torch.linalg.svdvals(qx.T @ qy)  # what CCA would report: the closed form's trivial 1
+    assert int((rho > 1 - 1e-10).sum()) == p + p - (n - 1) == 1
+    with pytest.raises(MetricError, match=r"at least 1 canonical correlation is 1 for any data"):
+        metric(x, y)
+    with pytest.raises(MetricError, match=r"Use at least 21 samples"):
+        metric(y, x)
+    ok = metric(x[:, :9], y[:, :9]) if metric is not M.canonical_correlations else None
+    assert ok is None or 0.0 <= ok < 1.0  # 9 + 9 = 18 <= 19: allowed
+
+
+def test_pwcca_in_the_refused_regime_depended_on_column_order():
+    """Why it is refused: the weights of the forced-1 directions depend on the basis chosen
+    inside the intersection, so PWCCA changed with a column permutation of y."""
+    n, p = 20, 12
+    x, y = randn(n, p, seed=42), randn(n, p, seed=43)
+    perm = torch.randperm(p, generator=torch.Generator().manual_seed(0))
+    unchecked = [np_pwcca(x.numpy(), y.numpy()), np_pwcca(x.numpy(), y[:, perm].numpy())]
+    assert abs(unchecked[0] - unchecked[1]) > 1e-4  # the formula itself, without the check
+    for ys in (y, y[:, perm]):
+        with pytest.raises(MetricError, match="canonical correlations are 1 for any data"):
+            M.pwcca(x, ys)
+
+
+def test_svcca_checks_the_reduced_dimensions():
+    """SVCCA's CCA runs on the top-k subspaces: their k_x + k_y must fit in n - 1."""
+    n = 30
+    base = randn(n, 3, seed=44)
+    x = torch.cat([base * 100.0, randn(n, 12, seed=45) * 1e-3], dim=1)  # 99% variance in 3 dims
+    y = torch.cat([base @ randn(3, 3, seed=46) * 100.0, randn(n, 12, seed=47) * 1e-3], dim=1)
+    assert 15 + 15 > n - 1  # the widths together do not fit...
+    assert M.svcca(x, y, variance_kept=0.99) == pytest.approx(1.0, abs=1e-6)  # ...k = 3 each does
+    with pytest.raises(MetricError, match="top singular subspaces"):
+        M.svcca(x, y, variance_kept=1.0)
+
+
 def test_svcca_settings_checked():
     x = randn(50, 5, seed=11)
     with pytest.raises(MetricError, match="variance_kept"):
@@ -373,6 +416,25 @@ def test_norms_against_numpy():
     assert M.frobenius_norm(v) == pytest.approx(np.linalg.norm(v.numpy()), rel=1e-12)
     with pytest.raises(MetricError, match="2-D"):
         M.nuclear_norm(v)
+
+
+@pytest.mark.parametrize("scale", [1e-200, 1e-160, 1e160, 1e200, 1e300])
+def test_extreme_magnitudes_are_scaled_before_squaring(scale):
+    """float64 squares overflow beyond ~1.3e154 and vanish below ~1e-162: closed forms hold at
+    any finite magnitude."""
+    v = torch.tensor([3.0, -4.0, 0.0, 0.0], dtype=torch.float64)  # ||v|| = 5, l1 = 7
+    x = v * scale
+    assert M.frobenius_norm(x) == pytest.approx(5.0 * scale, rel=1e-14)
+    assert M.hoyer(x) == pytest.approx((2.0 - 7.0 / 5.0) / (2.0 - 1.0), abs=1e-14)  # sqrt(4) = 2
+    assert 0.0 <= M.hoyer(x) <= 1.0
+    # sorted magnitudes 0, 0, 3, 4 (sum 7): G = 1 - 2/N sum_k c_k/7 (N - k + 1/2)
+    assert M.gini(x) == pytest.approx(1 - 2 / 4 * (3 / 7 * 1.5 + 4 / 7 * 0.5), abs=1e-14)
+    w = x.reshape(2, 2)
+    assert M.relative_weight_change(w, 2 * w) == pytest.approx(1.0, rel=1e-14)
+    assert M.gradient_cosine_similarity(w, -3 * w) == pytest.approx(-1.0, abs=1e-14)
+    acts = randn(40, 6, seed=48)
+    assert M.cka(acts * scale, acts) == pytest.approx(1.0, abs=1e-10)
+    assert M.procrustes_distance(acts * scale, acts) == pytest.approx(0.0, abs=1e-10)
 
 
 def test_relative_weight_change():

@@ -146,10 +146,10 @@ def test_labels_say_what_is_measured(compared):
 
 
 def test_previous_metrics_normalised_by_step_gap():
-    from pico_analyze.plan import Row
     from pico_analyze.plots import per_step_rows
+    from pico_analyze.table import Row
 
-    row = Row("r", 8, None, "simple", "weights", "m", 0, None, "rwc@previous", "rwc", "step 4", 2.0)
+    row = Row("r", 8, None, "simple", "weights", "m", 0, None, "rwc@previous", "rwc", 4, None, 2.0)
     assert per_step_rows([row])[0].value == pytest.approx(0.5)
 
 

@@ -6,12 +6,14 @@ import math
 
 import pytest
 import torch
-from conftest import make_pico_run
 
 from pico_analyze import analyze_run, compare_runs
 from pico_analyze.config import ConfigError
+from pico_analyze.metrics import get_metric
 from pico_analyze.metrics.registry import register_metric, unregister_metric
 from pico_analyze.table import read_table
+
+from synthetic_runs import make_pico_run
 
 V_ACT = {"type": "simple", "kind": "activations", "module": "self_attn.v_proj"}
 NO_PLOTS = {"plots": False, "progress": False}
@@ -220,6 +222,11 @@ def test_compare_runs_of_different_width(pico_run, tmp_path):
     cross = by(result.rows, metric="cka@tiny")
     assert len(cross) == 3 * 2 * 2  # steps x layers x components
     assert all(r.run == "wide" and r.reference == "run tiny" for r in cross)
+    assert all(
+        r.cross_run and r.reference_run == "tiny" and r.reference_step == r.step for r in cross
+    )
+    own = by(result.rows, metric="effective_rank")
+    assert own and not any(r.cross_run or r.reference_run for r in own)
     assert all(math.isfinite(r.value) and -0.5 < r.value <= 1.0 for r in cross)
     assert len(by(result.rows, metric="procrustes@tiny")) == 6
     assert {r.run for r in by(result.rows, metric="effective_rank")} == {"tiny", "wide"}
@@ -289,3 +296,55 @@ def test_compare_refuses_runs_captured_on_different_batches(pico_run, tmp_path):
     rows = compare_runs([pico_run, other], cfg, tmp_path / "cmp").rows
     assert len(rows) == 2 * 2  # common steps 0 and 10, two layers
     assert all(math.isnan(r.value) and "token ids differ" in r.note for r in rows)
+
+
+def test_table_equals_a_direct_call_on_the_stored_tensor(tmp_path):
+    """No upcast in between: rank tolerances documented for the stored dtype hold in the table."""
+    from safetensors.torch import load_file, save_file
+
+    from pico_analyze.load import LoadRequest
+    from pico_analyze.metrics import MetricError, condition_number, effective_rank
+    from pico_analyze.sources import open_source
+    from pico_format import RunPaths
+    from pico_format.modules import module_name
+
+    run = make_pico_run(tmp_path / "run", steps=(0, 10))
+    o_proj = module_name(0, "self_attn.o_proj")
+    # float32 with singular values down to 1e-8 of the largest: rank-deficient at float32's
+    # tolerance (32 * 1.2e-7), full rank with a finite condition number at float64's
+    g = torch.Generator().manual_seed(0)
+    u, _ = torch.linalg.qr(torch.randn(32, 32, generator=g, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(32, 32, generator=g, dtype=torch.float64))
+    s = torch.logspace(0, -8, 32, dtype=torch.float64)
+    stored = ((u * s) @ v.T).float()
+    with pytest.raises(MetricError, match="rank-deficient"):
+        condition_number(stored)
+    assert math.isfinite(condition_number(stored.double()))  # what an upcast would have shown
+    assert effective_rank(stored.double()) != effective_rank(stored)
+    for step in (0, 10):
+        for split in ("train", "eval"):
+            path = RunPaths(run).checkpoint(step).capture_file(split, "weights")
+            tensors = load_file(path)
+            tensors[o_proj] = stored
+            save_file(tensors, path)
+    weights = {"type": "simple", "kind": "weights", "module": "self_attn.o_proj"}
+    cfg = {
+        **NO_PLOTS,
+        "metrics": [
+            {"metric": m, "components": [weights]}
+            for m in ("condition_number", "effective_rank", "gini", "frobenius_norm")
+        ],
+    }
+    rows = analyze_run(run, cfg, tmp_path / "out", workers=1).rows
+    cond = by(rows, metric="condition_number", layer=0)
+    assert len(cond) == 2 and all(math.isnan(r.value) for r in cond)
+    assert all("rank-deficient" in r.note for r in cond)
+    for r in by(rows, metric="effective_rank", layer=0):
+        assert r.value == effective_rank(stored)  # equal, not approximately
+    req = LoadRequest()
+    req.add("weights", module_name(1, "self_attn.o_proj"))
+    tensor = open_source(run).load(10, req).tensor("weights", module_name(1, "self_attn.o_proj"))
+    for r in by(rows, step=10, layer=1):
+        assert tensor.dtype == torch.float32
+        direct = get_metric(r.function).fn(tensor)
+        assert r.value == direct, (r.metric, r.value, direct)

@@ -11,8 +11,7 @@ import pytest
 from huggingface_hub.utils import filter_repo_objects
 
 from pico_analyze import analyze_run
-from pico_analyze.load import open_source
-from pico_analyze.sources import HubRun
+from pico_analyze.sources import HubRun, hub, open_source
 from pico_analyze.sources.hub import parse_hub_spec
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -55,6 +54,7 @@ def fake_hub(monkeypatch, tmp_path):
 
     monkeypatch.setattr(huggingface_hub, "list_repo_files", list_repo_files)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.setattr(hub, "check_reachable", lambda what: None)  # the fake Hub is "online"
     return repos, calls
 
 
@@ -112,8 +112,32 @@ def test_hub_errors_are_reported(monkeypatch):
         raise OSError("no network")
 
     monkeypatch.setattr(huggingface_hub, "list_repo_files", offline)
+    monkeypatch.setattr(hub, "check_reachable", lambda what: None)
     from pico_analyze.load import SourceError
 
     message = "Cannot list Hugging Face repo 'me/x'.*no local directory.*no network"
     with pytest.raises(SourceError, match=message):
         open_source("hf://me/x").steps()
+
+
+def test_an_unreachable_hub_fails_at_once_in_one_line(monkeypatch):
+    """No retries: the Hub is not asked when its host cannot be reached."""
+    import socket
+
+    from pico_analyze.load import SourceError
+
+    def no_network(address, timeout=None):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    def listed(*args, **kwargs):
+        raise AssertionError("huggingface_hub was called (and would retry)")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", listed)
+    with pytest.raises(SourceError) as err:
+        open_source("hf://me/x").steps()
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("Cannot reach the Hugging Face Hub")
+    assert "Name or service not known" in message and "HF_HUB_OFFLINE=1" in message

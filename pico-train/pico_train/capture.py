@@ -18,43 +18,62 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import re
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from pico_format import CaptureManifest, CheckpointPaths, write_capture, write_json_atomic
+from pico_format import (
+    RESIDUAL,
+    TRAIN_SPLIT,
+    CaptureManifest,
+    CheckpointPaths,
+    layer_index,
+    parse_module_name,
+    write_capture,
+    write_json_atomic,
+)
 from pico_format.capture import TensorInfo
 from pico_format.stream import StreamingSafetensorsWriter
 from pico_train.config import CaptureConfig
 from pico_train.distributed import Dist
-
-_LAYER = re.compile(r"layers\.(\d+)")
 
 
 class _StopForward(Exception):
     """Raised by a hook to end a forward pass once the module of interest has run."""
 
 
-def layer_of(name: str) -> int:
-    match = _LAYER.search(name)
-    return int(match.group(1)) if match else -1
-
-
 def select_modules(model: nn.Module, cfg: CaptureConfig) -> dict[str, nn.Module]:
     """Modules whose names match the patterns (plus each block when residual), layer order."""
     found = {}
     for name, module in model.named_modules():
+        block = parse_module_name(name)
         if any(fnmatch.fnmatchcase(name, p) for p in cfg.modules):
             found[name] = module
-        elif cfg.residual and re.fullmatch(r"model\.layers\.\d+", name):
+        elif cfg.residual and block is not None and block[1] == RESIDUAL:
             found[name] = module
     if not found:
         names = [n for n, _ in model.named_modules() if n][:8]
         raise ValueError(f"capture.modules {cfg.modules} match no module; names look like {names}.")
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
-    return dict(sorted(found.items(), key=lambda kv: (layer_of(kv[0]), order[kv[0]])))
+    return dict(sorted(found.items(), key=lambda kv: (layer_index(kv[0]), order[kv[0]])))
+
+
+def check_capture_modules(config) -> None:
+    """Refuse capture.modules patterns that match nothing, before any file is written.
+
+    The module names come from a model built on the meta device (no memory, no random draws).
+    """
+    if not config.capture.enabled:
+        return
+    from pico_train.config import ConfigError
+    from pico_train.model import PicoDecoder
+
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        model = PicoDecoder(config.model)
+    try:
+        select_modules(model, config.capture)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def position_indices(cfg: CaptureConfig, seq_len: int) -> list[int] | None:
@@ -113,8 +132,7 @@ def _forward_pass(model, rows, cfg, autocast, hooks_for, weights=None):
         handles = hooks_for()
         try:
             with torch.enable_grad() if weights else torch.no_grad(), autocast():
-                logits = model(x)  # (b, T, V)
-                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum")
+                loss = model(x, y, reduction="sum")  # summed token losses (loss.next_token_loss)
             if weights:
                 for acc, g in zip(grads, torch.autograd.grad(loss, weights)):
                     acc += g.float()
@@ -213,7 +231,7 @@ def rows_for_capture(split: str, rows: torch.Tensor, batch_size: int, dist: Dist
     held-out batch on every rank; its first batch_size rows are split contiguously over ranks.
     Either way, gathering the shares in rank order gives the batch in its global order.
     """
-    if split == "train":
+    if split == TRAIN_SPLIT:
         keep = max(0, min(rows.shape[0], batch_size - dist.rank * rows.shape[0]))
         return rows[:keep]
     return rows[:batch_size].tensor_split(dist.world_size)[dist.rank]
@@ -248,7 +266,7 @@ def capture_learning_dynamics(
             step=step,
             split=split,
             modules=list(modules),
-            layers={n: layer_of(n) for n in modules},
+            layers={n: layer_index(n) for n in modules},
             positions=cfg.positions,
             position_indices=idx,
             seq_len=seq_len,

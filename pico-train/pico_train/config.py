@@ -9,16 +9,61 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import os
+import sys
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from pico_format import CAPTURE_SPLITS, DEFAULT_CAPTURE_SUFFIXES, POSITION_POLICIES, module_name
+
 
 class ConfigError(ValueError):
     """A configuration that cannot run: names the key and the fix."""
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Parse a YAML file; a syntax or encoding error names the file and line (ConfigError)."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[: err.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}, line {line}: not UTF-8 text (byte 0x{err.object[err.start]:02x}); save "
+            f"the file as UTF-8."
+        ) from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror or err}.") from None
+    return parse_yaml(text, str(path))
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """Parse YAML text; errors become one line: `SOURCE, line N: problem`."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+        where = f", line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        context = getattr(err, "context", None)
+        detail = f"{context}: {problem}" if context else problem
+        raise ConfigError(f"{source}{where}: invalid YAML ({detail}).") from None
+
+
+def dump_yaml(data: Any) -> str:
+    """YAML text of plain data, keys in order and no `&id001` anchors for repeated values."""
+
+    class _NoAliases(yaml.SafeDumper):
+        def ignore_aliases(self, data: Any) -> bool:
+            return True
+
+    return yaml.dump(data, Dumper=_NoAliases, sort_keys=False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -91,6 +136,10 @@ PRESETS: dict[str, ModelConfig] = {
     ),
 }
 
+# The tokenizer a preset uses unless data.tokenizer says otherwise (None: a BPE trained on the
+# corpus). The 1b preset's 151,936 vocabulary rows hold Qwen2's 151,646 tokens plus padding.
+PRESET_TOKENIZERS: dict[str, str] = {"1b": "qwen2"}
+
 
 @dataclass
 class DataConfig:
@@ -102,7 +151,8 @@ class DataConfig:
     dataset_config: str | None = None  # the Hub dataset's configuration name, if it has several
     split: str = "train"
     text_column: str = "text"  # raw-text datasets; pre-tokenized ones have `input_ids`
-    # None: train a byte-level BPE on the corpus (cached, saved with the run). Otherwise a Hub
+    # None: train a byte-level BPE on the corpus (cached, saved with the run); "qwen2": the Qwen2
+    # tokenizer, converted offline (qwen2_tokenizer.py; the 1b preset's default). Otherwise a Hub
     # tokenizer name or a local tokenizer.json / tokenizer directory.
     tokenizer: str | None = None
     tokenizer_vocab_size: int = 4096  # only for the trained BPE
@@ -151,14 +201,10 @@ class CaptureConfig:
     """Learning-dynamics capture at every checkpoint (see capture.py)."""
 
     enabled: bool = True
-    splits: list[str] = field(default_factory=lambda: ["train", "eval"])
+    splits: list[str] = field(default_factory=lambda: list(CAPTURE_SPLITS))
     # fnmatch patterns over module names; default: value, output and MLP down projections.
     modules: list[str] = field(
-        default_factory=lambda: [
-            "model.layers.*.self_attn.v_proj",
-            "model.layers.*.self_attn.o_proj",
-            "model.layers.*.mlp.down_proj",
-        ]
+        default_factory=lambda: [module_name("*", s) for s in DEFAULT_CAPTURE_SUFFIXES]
     )
     residual: bool = False  # also the residual stream after each block
     positions: str = "last"  # last | all | sample | mean
@@ -179,7 +225,8 @@ class LoggingConfig:
 
 @dataclass
 class RunConfig:
-    run_dir: str = "runs/demo"
+    # None: runs/<config file name>, else runs/<preset>, else runs/run (see load_config).
+    run_dir: str | None = None
     preset: str | None = None  # a key of PRESETS: the base shape that `model` overrides
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -191,7 +238,7 @@ class RunConfig:
 
     @property
     def seq_len(self) -> int:
-        return self.data.seq_len or self.model.max_seq_len
+        return self.model.max_seq_len if self.data.seq_len is None else self.data.seq_len
 
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(dataclasses.asdict(self))
@@ -210,9 +257,12 @@ def _to_plain(value: Any) -> Any:
     return value
 
 
-def _nearest(key: str, options: list[str]) -> str:
+def _nearest(key: str, options: list[str], prefix: str = "") -> str:
+    """A hint naming the closest valid key in full (`training.max_steps`), or all of them."""
     match = difflib.get_close_matches(key, options, n=1, cutoff=0.5)
-    return f" Did you mean '{match[0]}'?" if match else f" Valid keys: {', '.join(options)}."
+    if match:
+        return f" Did you mean '{prefix}{match[0]}'?"
+    return f" Valid keys: {', '.join(prefix + o for o in options)}."
 
 
 def _coerce(value: Any, hint: Any, path: str) -> Any:
@@ -253,9 +303,11 @@ def _coerce(value: Any, hint: Any, path: str) -> Any:
                     number = int(number)
                 if not isinstance(number, int):
                     raise ValueError
-            return number
         except (TypeError, ValueError):
             raise ConfigError(f"{path}: expected {hint.__name__}, got {value!r}.") from None
+        if hint is float and not math.isfinite(number):
+            raise ConfigError(f"{path}: must be a finite number, got {value!r}.")
+        return number
     if hint is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{path}: expected a string, got {value!r}.")
@@ -272,7 +324,9 @@ def _build(cls: type, raw: dict[str, Any], path: str, base: Any = None) -> Any:
     for key, value in raw.items():
         full = f"{path}.{key}" if path else key
         if key not in names:
-            raise ConfigError(f"Unknown config key '{full}'.{_nearest(key, names)}")
+            raise ConfigError(
+                f"Unknown config key '{full}'.{_nearest(key, names, f'{path}.' if path else '')}"
+            )
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
             value = _build(hint, value or {}, full, getattr(obj, key))
@@ -285,23 +339,40 @@ def _build(cls: type, raw: dict[str, Any], path: str, base: Any = None) -> Any:
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``a.b=c`` -> (["a", "b"], yaml-parsed c)."""
     if "=" not in text:
-        raise ConfigError(f"Override '{text}' must look like section.key=value.")
+        raise ConfigError(
+            f"Override '{text}' must look like section.key=value (with '=', no spaces)."
+        )
     key, value = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(value) if value.strip() else None
+    keys = key.strip().split(".")
+    if not all(keys):
+        raise ConfigError(f"Override '{text}': '{key}' is not a dot-path key like training.lr.")
+    return keys, parse_yaml(value, f"--set {text}") if value.strip() else None
+
+
+def print_note(message: str) -> None:
+    """Print a note about an adjusted config on stderr (rank 0 only under torchrun)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"note: {message}", file=sys.stderr, flush=True)
 
 
 def load_config(
     path: str | Path | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     preset: str | None = None,
+    *,
+    note: Callable[[str], None] | None = print_note,
 ) -> RunConfig:
-    """YAML file (optional) + dot-path overrides + preset -> validated RunConfig."""
+    """YAML file (optional) + dot-path overrides + preset -> validated RunConfig.
+
+    Harmless adjustments (explicit checkpoint steps past the end, dropped) and doubtful choices
+    (an embedding table much larger than the tokenizer) are reported through `note`.
+    """
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"Config file '{path}' does not exist.")
-        loaded = yaml.safe_load(path.read_text())
+        loaded = read_yaml(path)
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"Config file '{path}' must hold a mapping of sections.")
         raw = loaded or {}
@@ -321,9 +392,45 @@ def load_config(
         if name not in PRESETS:
             raise ConfigError(f"Unknown preset '{name}'.{_nearest(str(name), list(PRESETS))}")
         base.model = dataclasses.replace(PRESETS[name])
+        base.data = dataclasses.replace(base.data, tokenizer=PRESET_TOKENIZERS.get(name))
     config = _build(RunConfig, raw, "", base)
+    if config.run_dir is None:
+        name = Path(path).stem if path is not None else config.preset or "run"
+        config.run_dir = f"runs/{name}"
+    notes = _adjust(config)
     validate(config)
+    for message in notes + _doubts(config):
+        if note is not None:
+            note(message)
     return config
+
+
+def _adjust(config: RunConfig) -> list[str]:
+    """Drop explicit checkpoint steps past the end of the run; say so."""
+    checkpointing, max_steps = config.checkpointing, config.training.max_steps
+    late = [step for step in checkpointing.steps if step > max_steps]
+    if not late:
+        return []
+    checkpointing.steps = [step for step in checkpointing.steps if step <= max_steps]
+    return [
+        f"checkpointing.steps {late} lie beyond training.max_steps={max_steps}; "
+        f"dropped (the final step is always saved)."
+    ]
+
+
+def _doubts(config: RunConfig) -> list[str]:
+    """Valid but probably unintended settings."""
+    out = []
+    vocab, tokens = config.model.vocab_size, config.data.tokenizer_vocab_size
+    if config.data.tokenizer is None and vocab > 2 * tokens:
+        fit = -(-tokens // 64) * 64
+        out.append(
+            f"model.vocab_size={vocab} but the trained tokenizer has {tokens} tokens: "
+            f"{vocab - tokens} embedding rows are never used and the first loss is about "
+            f"ln({vocab})={math.log(vocab):.1f}. --set model.vocab_size={fit} sizes the model "
+            f"to the tokenizer."
+        )
+    return out
 
 
 def config_from_dict(raw: dict[str, Any]) -> RunConfig:
@@ -343,7 +450,7 @@ def _require(ok: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
-def validate_model(m: ModelConfig, prefix: str = "model") -> None:
+def validate_model(model: ModelConfig, prefix: str = "model") -> None:
     for name in (
         "d_model",
         "n_layers",
@@ -353,121 +460,146 @@ def validate_model(m: ModelConfig, prefix: str = "model") -> None:
         "vocab_size",
         "max_seq_len",
     ):
-        value = getattr(m, name)
+        value = getattr(model, name)
         _require(value > 0, f"{prefix}.{name}", f"must be a positive integer, got {value}.")
     _require(
-        m.d_model % m.n_heads == 0,
+        model.d_model % model.n_heads == 0,
         f"{prefix}.d_model",
-        f"{m.d_model} is not divisible by n_heads={m.n_heads}; choose d_model a multiple "
-        f"of n_heads (e.g. {m.n_heads * max(1, round(m.d_model / m.n_heads))}).",
+        f"{model.d_model} is not divisible by n_heads={model.n_heads}; choose d_model a multiple "
+        f"of n_heads (e.g. {model.n_heads * max(1, round(model.d_model / model.n_heads))}).",
     )
     _require(
-        m.head_dim % 2 == 0,
+        model.head_dim % 2 == 0,
         f"{prefix}.d_model",
-        f"head_dim = d_model/n_heads = {m.head_dim} must be even for rotary embeddings.",
+        f"head_dim = d_model/n_heads = {model.head_dim} must be even for rotary embeddings.",
     )
     _require(
-        m.n_heads % m.n_kv_heads == 0,
+        model.n_heads % model.n_kv_heads == 0,
         f"{prefix}.n_kv_heads",
-        f"n_heads={m.n_heads} is not divisible by n_kv_heads={m.n_kv_heads}; use a divisor "
+        f"n_heads={model.n_heads} is not divisible by n_kv_heads={model.n_kv_heads}; use a divisor "
         f"of n_heads.",
     )
-    _require(m.rope_theta > 0, f"{prefix}.rope_theta", "must be positive.")
-    _require(m.norm_eps > 0, f"{prefix}.norm_eps", "must be positive.")
+    _require(model.rope_theta > 0, f"{prefix}.rope_theta", "must be positive.")
+    _require(model.norm_eps > 0, f"{prefix}.norm_eps", "must be positive.")
     _require(
-        m.init in ("scaled_normal", "pytorch_default"),
+        model.init in ("scaled_normal", "pytorch_default"),
         f"{prefix}.init",
-        f"'{m.init}' is not one of scaled_normal, pytorch_default.",
+        f"'{model.init}' is not one of scaled_normal, pytorch_default.",
     )
-    _require(m.init_std > 0, f"{prefix}.init_std", "must be positive.")
+    _require(model.init_std > 0, f"{prefix}.init_std", "must be positive.")
 
 
-def validate(c: RunConfig) -> None:
-    validate_model(c.model)
-    d, t, k, cap = c.data, c.training, c.checkpointing, c.capture
-    _require(c.seq_len > 0, "data.seq_len", "must be positive.")
+def validate(config: RunConfig) -> None:
+    """Refuse a config that cannot run, naming the key and the fix (ConfigError)."""
+    validate_model(config.model)
+    _validate_data(config)
+    _validate_training(config.training)
+    _validate_checkpointing(config.checkpointing, config.training.max_steps)
+    _require(config.evaluation.batch_size > 0, "evaluation.batch_size", "must be positive.")
+    _validate_capture(config.capture)
+    _require(config.logging.log_every > 0, "logging.log_every", "must be positive.")
+
+
+def _validate_data(config: RunConfig) -> None:
+    data, model = config.data, config.model
+    _require(config.seq_len > 0, "data.seq_len", "must be positive.")
     _require(
-        c.seq_len <= c.model.max_seq_len,
+        config.seq_len <= model.max_seq_len,
         "data.seq_len",
-        f"{c.seq_len} exceeds model.max_seq_len={c.model.max_seq_len}.",
+        f"{config.seq_len} exceeds model.max_seq_len={model.max_seq_len}.",
     )
     _require(
-        d.tokenizer_vocab_size >= 260,
+        data.tokenizer_vocab_size >= 260,
         "data.tokenizer_vocab_size",
         "must be at least 260 (256 bytes plus special tokens).",
     )
     _require(
-        d.tokenizer is not None or d.tokenizer_vocab_size <= c.model.vocab_size,
+        data.tokenizer is not None or data.tokenizer_vocab_size <= model.vocab_size,
         "data.tokenizer_vocab_size",
-        f"{d.tokenizer_vocab_size} exceeds model.vocab_size={c.model.vocab_size}.",
+        f"{data.tokenizer_vocab_size} exceeds model.vocab_size={model.vocab_size}.",
     )
-    _require(d.eval_sequences > 0, "data.eval_sequences", "must be positive.")
+    _require(data.eval_sequences > 0, "data.eval_sequences", "must be positive.")
+
+
+def _validate_training(training: TrainingConfig) -> None:
     for name in ("max_steps", "global_batch_size", "micro_batch_size"):
-        _require(getattr(t, name) > 0, f"training.{name}", "must be a positive integer.")
+        _require(getattr(training, name) > 0, f"training.{name}", "must be a positive integer.")
     _require(
-        t.global_batch_size % t.micro_batch_size == 0,
+        training.global_batch_size % training.micro_batch_size == 0,
         "training.global_batch_size",
-        f"{t.global_batch_size} is not a multiple of training.micro_batch_size="
-        f"{t.micro_batch_size}.",
+        f"{training.global_batch_size} is not a multiple of training.micro_batch_size="
+        f"{training.micro_batch_size}.",
     )
-    _require(t.lr > 0, "training.lr", "must be positive.")
-    _require(0 <= t.min_lr_ratio <= 1, "training.min_lr_ratio", "must lie in [0, 1].")
+    _require(training.lr > 0, "training.lr", "must be positive.")
+    _require(0 <= training.min_lr_ratio <= 1, "training.min_lr_ratio", "must lie in [0, 1].")
+    _require(training.warmup_steps >= 0, "training.warmup_steps", "must be 0 or positive.")
     _require(
-        0 <= t.warmup_steps <= t.max_steps,
+        training.warmup_steps <= training.max_steps,
         "training.warmup_steps",
-        f"must lie in [0, max_steps={t.max_steps}].",
+        f"{training.warmup_steps} is longer than the run (training.max_steps="
+        f"{training.max_steps}); add --set training.warmup_steps={training.max_steps // 10} "
+        f"(a tenth of the run) or raise training.max_steps.",
     )
     _require(
-        t.schedule in ("cosine", "linear", "constant"),
+        training.schedule in ("cosine", "linear", "constant"),
         "training.schedule",
-        f"'{t.schedule}' is not one of cosine, linear, constant.",
+        f"'{training.schedule}' is not one of cosine, linear, constant.",
     )
-    _require(all(0 <= b < 1 for b in t.betas), "training.betas", "each beta must lie in [0, 1).")
     _require(
-        t.eps > 0 and t.weight_decay >= 0 and t.grad_clip >= 0,
+        all(0 <= beta < 1 for beta in training.betas),
+        "training.betas",
+        "each beta must lie in [0, 1).",
+    )
+    _require(
+        training.eps > 0 and training.weight_decay >= 0 and training.grad_clip >= 0,
         "training",
         "eps must be positive; weight_decay and grad_clip non-negative.",
     )
     _require(
-        t.precision in ("auto", "fp32", "bf16"),
+        training.precision in ("auto", "fp32", "bf16"),
         "training.precision",
-        f"'{t.precision}' is not one of auto, fp32, bf16.",
+        f"'{training.precision}' is not one of auto, fp32, bf16.",
     )
-    _require(t.max_bad_steps > 0, "training.max_bad_steps", "must be positive.")
-    _require(k.every >= 0, "checkpointing.every", "must be 0 (off) or positive.")
+    _require(training.max_bad_steps > 0, "training.max_bad_steps", "must be positive.")
+
+
+def _validate_checkpointing(checkpointing: CheckpointConfig, max_steps: int) -> None:
+    _require(checkpointing.every >= 0, "checkpointing.every", "must be 0 (off) or positive.")
     _require(
-        all(0 <= s <= t.max_steps for s in k.steps),
+        all(0 <= step <= max_steps for step in checkpointing.steps),
         "checkpointing.steps",
-        f"every step must lie in [0, max_steps={t.max_steps}].",
+        f"every step must lie in [0, max_steps={max_steps}], got {checkpointing.steps}.",
     )
-    _require(k.keep_states >= 1, "checkpointing.keep_states", "must be at least 1.")
-    _require(c.evaluation.batch_size > 0, "evaluation.batch_size", "must be positive.")
+    _require(checkpointing.keep_states >= 1, "checkpointing.keep_states", "must be at least 1.")
+
+
+def _validate_capture(capture: CaptureConfig) -> None:
     _require(
-        set(cap.splits) <= {"train", "eval"},
+        set(capture.splits) <= set(CAPTURE_SPLITS),
         "capture.splits",
-        f"{cap.splits} may hold only 'train' and 'eval'.",
+        f"{capture.splits} may hold only {' and '.join(repr(s) for s in CAPTURE_SPLITS)}.",
     )
     _require(
-        cap.positions in ("last", "all", "sample", "mean"),
+        capture.positions in POSITION_POLICIES,
         "capture.positions",
-        f"'{cap.positions}' is not one of last, all, sample, mean.",
+        f"'{capture.positions}' is not one of {', '.join(POSITION_POLICIES)}.",
     )
     _require(
-        cap.batch_size > 0 and cap.micro_batch_size > 0 and cap.n_positions > 0,
+        capture.batch_size > 0 and capture.micro_batch_size > 0 and capture.n_positions > 0,
         "capture",
         "batch_size, micro_batch_size and n_positions must be positive.",
     )
     _require(
-        cap.activation_dtype in ("auto", "fp32", "bf16"),
+        capture.activation_dtype in ("auto", "fp32", "bf16"),
         "capture.activation_dtype",
-        f"'{cap.activation_dtype}' is not one of auto, fp32, bf16.",
+        f"'{capture.activation_dtype}' is not one of auto, fp32, bf16.",
     )
-    _require(c.logging.log_every > 0, "logging.log_every", "must be positive.")
 
 
-def checkpoint_steps(c: RunConfig) -> set[int]:
+def checkpoint_steps(config: RunConfig) -> set[int]:
     """Steps (counted in completed optimizer steps) at which a checkpoint is written."""
-    steps = set(c.checkpointing.steps) | {c.training.max_steps}
-    if c.checkpointing.every:
-        steps |= set(range(c.checkpointing.every, c.training.max_steps + 1, c.checkpointing.every))
+    every, max_steps = config.checkpointing.every, config.training.max_steps
+    steps = set(config.checkpointing.steps) | {max_steps}
+    if every:
+        steps |= set(range(every, max_steps + 1, every))
     return steps

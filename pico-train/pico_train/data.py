@@ -1,9 +1,8 @@
 """Data: corpus -> tokenizer -> packed sequences in one global order.
 
 Reads a corpus (``corpus.open_corpus``: the embedded Shakespeare plays when ``data.dataset`` is
-None, local parquet/json/jsonl/arrow files, or a Hugging Face dataset) and a tokenizer (a
-byte-level BPE trained on the corpus when ``data.tokenizer`` is None; a local ``tokenizer.json``
-or tokenizer folder; otherwise a Hub tokenizer name).
+None, local parquet/json/jsonl/arrow files, or a Hugging Face dataset) and the run's tokenizer
+(``tokenizer.load_tokenizer``).
 
 Writes a :class:`TokenData`: windows of ``seq_len + 1`` token ids (inputs plus shifted targets).
 Raw text is tokenized, each document followed by EOS, concatenated and cut into non-overlapping
@@ -28,173 +27,29 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from pico_format import atomic_path
 from pico_train.config import RunConfig
-from pico_train.corpus import (
-    Corpus,
-    DataError,
-    cache_root,
-    open_corpus,
-    train_bpe_tokenizer,
-)
+from pico_train.corpus import Corpus, DataError, cache_root, open_corpus
+from pico_train.tokenizer import batch_encoder, load_tokenizer, prepare_tokenizer, tokenizer_hash
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-__all__ = ["DataError", "TokenData", "build_data", "load_tokenizer", "tokenizer_hash"]
+__all__ = ["DataError", "TokenData", "build_data"]
 
 # Bump when the packing, held-out choice or order below changes: it is part of the fingerprint.
 DATA_VERSION = "pico-data-v1"
-_EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|eos|>")
-_BPE_MAX_CHARS = 200_000_000  # text a trained BPE sees from a large dataset (its first rows)
 
 
 # ----------------------------------------------------------------------------------------------
-# Tokenizer
+# Text -> token ids
 # ----------------------------------------------------------------------------------------------
-
-
-def load_tokenizer(config: RunConfig) -> PreTrainedTokenizerBase:
-    """The run's tokenizer, with an EOS token and no more tokens than the model's vocabulary.
-
-    data.tokenizer None: a byte-level BPE (data.tokenizer_vocab_size) trained on the corpus's
-    text, cached by content; a path: a tokenizer.json file or tokenizer folder; otherwise a Hub
-    name for AutoTokenizer.from_pretrained.
-    """
-    name = config.data.tokenizer
-    if name is None:
-        tokenizer = train_bpe_tokenizer(_bpe_texts(config), config.data.tokenizer_vocab_size)
-        label = f"trained BPE (vocab {config.data.tokenizer_vocab_size})"
-    else:
-        tokenizer = _load_named_tokenizer(name)
-        label = f"'{name}'"
-    _ensure_eos(tokenizer, label)
-    _check_vocab(tokenizer, config, label)
-    return tokenizer
-
-
-def _bpe_texts(config: RunConfig) -> list[str]:
-    """What a trained BPE learns from: the embedded plays, or the dataset's first text."""
-    corpus = open_corpus(config)
-    if corpus.kind == "tokens":
-        raise DataError(
-            f"Dataset '{corpus.label}' is pre-tokenized (input_ids), so there is no text to "
-            f"train a tokenizer on: name the tokenizer it was made with in data.tokenizer."
-        )
-    texts: list[str] = []
-    chars = 0
-    for batch in corpus.text_batches():
-        texts.extend(batch)
-        chars += sum(len(t) for t in batch)
-        if chars >= _BPE_MAX_CHARS:
-            break
-    if not texts:
-        raise DataError(f"Dataset '{corpus.label}' has no text to train a tokenizer on.")
-    return texts
-
-
-def _load_named_tokenizer(name: str) -> PreTrainedTokenizerBase:
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-    path = Path(name).expanduser()
-    if path.is_file():
-        if path.suffix != ".json":
-            raise DataError(
-                f"data.tokenizer '{name}' is a file but not a tokenizer.json; give a "
-                f"tokenizer.json, a folder of tokenizer files, or a Hub tokenizer name."
-            )
-        try:
-            return PreTrainedTokenizerFast(tokenizer_file=str(path))
-        except Exception as err:
-            raise DataError(
-                f"data.tokenizer '{name}' is not a readable tokenizer.json: {err}"
-            ) from err
-    if path.is_dir():
-        try:
-            if (path / "tokenizer_config.json").is_file() or not (
-                path / "tokenizer.json"
-            ).is_file():
-                return AutoTokenizer.from_pretrained(str(path))
-            return PreTrainedTokenizerFast(tokenizer_file=str(path / "tokenizer.json"))
-        except Exception as err:
-            raise DataError(
-                f"data.tokenizer folder '{name}' holds no loadable tokenizer files "
-                f"(tokenizer.json or tokenizer_config.json): {type(err).__name__}: {err}"
-            ) from err
-    if name.startswith(("/", "./", "../", "~")) or name.endswith(".json"):
-        raise DataError(f"data.tokenizer '{name}' does not exist.")
-    try:
-        return AutoTokenizer.from_pretrained(name)
-    except Exception as err:
-        raise DataError(
-            f"Tokenizer '{name}' could not be downloaded from the Hugging Face Hub or found in "
-            f"the local cache ({type(err).__name__}: {err}). Check the name and your connection; "
-            f"offline, give a local tokenizer.json or tokenizer folder in data.tokenizer, or "
-            f"leave data.tokenizer unset to train a BPE on the corpus."
-        ) from err
-
-
-def _ensure_eos(tokenizer: PreTrainedTokenizerBase, label: str) -> None:
-    if tokenizer.eos_token_id is not None:
-        return
-    vocab = tokenizer.get_vocab()
-    for candidate in _EOS_CANDIDATES:
-        if candidate in vocab:
-            tokenizer.eos_token = candidate
-            return
-    raise DataError(
-        f"Tokenizer {label} has no EOS token (none set, and none of {list(_EOS_CANDIDATES)} in "
-        f"its vocabulary); documents are separated by EOS. Use a tokenizer with one."
-    )
-
-
-def _check_vocab(tokenizer: PreTrainedTokenizerBase, config: RunConfig, label: str) -> None:
-    n, v = len(tokenizer), config.model.vocab_size
-    if n > v:
-        fix = f"set model.vocab_size >= {n} (e.g. {-(-n // 64) * 64}, a multiple of 64)" + (
-            " or a smaller data.tokenizer_vocab_size" if config.data.tokenizer is None else ""
-        )
-        raise DataError(f"Tokenizer {label} has {n} tokens but model.vocab_size is {v}: {fix}.")
-
-
-def tokenizer_hash(tokenizer: PreTrainedTokenizerBase) -> str:
-    """sha256 of what decides the ids: vocabulary, merges, added tokens, pre-tokenizer, EOS.
-
-    Equal for a tokenizer and its save_pretrained copy (padding/truncation settings and
-    transformers' own files do not count).
-    """
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        spec = json.loads(backend.to_str())
-        content = {k: spec.get(k) for k in ("model", "added_tokens", "normalizer", "pre_tokenizer")}
-    else:  # a slow tokenizer: its vocabulary is what we can see
-        content = {"vocab": sorted(tokenizer.get_vocab().items())}
-    content["eos"] = tokenizer.eos_token_id
-    blob = json.dumps(content, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
-
-
-def _encoder(tokenizer: PreTrainedTokenizerBase):
-    """texts -> list of id lists, without special tokens, truncation or padding."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        return lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"]
-    if backend.truncation is not None or backend.padding is not None:
-        from tokenizers import Tokenizer
-
-        backend = Tokenizer.from_str(backend.to_str())  # a copy: the caller's stays as it is
-        backend.no_truncation()
-        backend.no_padding()
-    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)  # fast: no offsets
-    return lambda texts: [e.ids for e in encode(texts, add_special_tokens=False)]
 
 
 def _tokenize(encode, texts: list[str], eos_id: int) -> np.ndarray:
@@ -397,9 +252,8 @@ def build_data(config: RunConfig, tokenizer: PreTrainedTokenizerBase | None = No
     if tokenizer is None:
         tokenizer = load_tokenizer(config)
     else:
-        _ensure_eos(tokenizer, "given to build_data")
-        _check_vocab(tokenizer, config, "given to build_data")
-    d, width = config.data, config.seq_len + 1
+        prepare_tokenizer(tokenizer, config, "given to build_data")
+    data, width = config.data, config.seq_len + 1
     corpus = open_corpus(config)
     tok_hash = tokenizer_hash(tokenizer)
     identity = corpus.identity()
@@ -409,14 +263,14 @@ def build_data(config: RunConfig, tokenizer: PreTrainedTokenizerBase | None = No
         "n_documents": None,
         "n_tokens": None,
         "n_train_sequences": None,
-        "n_eval_sequences": d.eval_sequences,
-        "tokenizer": getattr(tokenizer, "name_or_path", None) or d.tokenizer or "trained BPE",
+        "n_eval_sequences": data.eval_sequences,
+        "tokenizer": getattr(tokenizer, "name_or_path", None) or data.tokenizer or "trained BPE",
     }
     if corpus.streaming:
         windows: _MapWindows | _StreamWindows = _StreamWindows(
             _pack(_token_chunks(corpus, tokenizer, config), width),
             width,
-            d.eval_sequences,
+            data.eval_sequences,
             corpus.label,
         )
     else:
@@ -426,7 +280,7 @@ def build_data(config: RunConfig, tokenizer: PreTrainedTokenizerBase | None = No
             # Only text is worth caching, and only content-addressed (not Hub) sources.
             cacheable=corpus.kind == "text" and corpus.source != "hub",
         )
-        windows = _MapWindows(ids, width, d.seed, d.eval_sequences, corpus.label)
+        windows = _MapWindows(ids, width, data.seed, data.eval_sequences, corpus.label)
         info.update(n_documents=n_docs, n_tokens=len(ids), n_train_sequences=windows.n_train)
 
     fingerprint = _digest(
@@ -437,8 +291,8 @@ def build_data(config: RunConfig, tokenizer: PreTrainedTokenizerBase | None = No
             "kind": corpus.kind,
             "mode": "stream" if corpus.streaming else "map",
             "seq_len": config.seq_len,
-            "seed": d.seed,
-            "eval_sequences": d.eval_sequences,
+            "seed": data.seed,
+            "eval_sequences": data.eval_sequences,
         }
     )
     return TokenData(tokenizer, fingerprint, config.seq_len, windows, info)
@@ -454,7 +308,7 @@ def _token_chunks(
     if corpus.kind == "tokens":
         yield from corpus.id_batches(config.model.vocab_size)
         return
-    encode, eos = _encoder(tokenizer), int(tokenizer.eos_token_id)
+    encode, eos = batch_encoder(tokenizer), int(tokenizer.eos_token_id)
     for texts in corpus.text_batches():
         if texts:
             yield _tokenize(encode, texts, eos), len(texts)
@@ -490,13 +344,6 @@ def _cached_tokens(key: str, compute, cacheable: bool) -> tuple[np.ndarray, int]
         except (OSError, ValueError, KeyError):
             pass  # a damaged cache entry is recomputed and replaced
     ids, n_docs = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, ids=ids, n_documents=np.int64(n_docs))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, ids=ids, n_documents=np.int64(n_docs))
     return ids, n_docs

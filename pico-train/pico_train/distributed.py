@@ -18,7 +18,6 @@ import torch.distributed as dist
 class Dist:
     rank: int = 0
     world_size: int = 1
-    local_rank: int = 0
     device: torch.device = torch.device("cpu")
 
     @property
@@ -67,7 +66,20 @@ def setup(device: str | None = None) -> Dist:
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world)
-    return Dist(rank=rank, world_size=world, local_rank=local, device=dev)
+    return Dist(rank=rank, world_size=world, device=dev)
+
+
+def describe_hardware(d: Dist) -> str:
+    """What a run trains on, for run.json and the model card: "2 x NVIDIA H200", "1 x CPU (...)"."""
+    if d.device.type == "cuda":
+        name = torch.cuda.get_device_name(d.device)
+    else:
+        import platform
+
+        name = (
+            f"CPU ({platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+        )
+    return f"{d.world_size} x {name}"
 
 
 def teardown() -> None:

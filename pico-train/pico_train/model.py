@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pico_train.config import ModelConfig
+from pico_train.loss import next_token_loss
 
 
 class RMSNorm(nn.Module):
@@ -210,15 +211,19 @@ class PicoDecoder(nn.Module):
         input_ids: torch.Tensor,
         targets: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        *,
+        reduction: str = "mean",
     ) -> torch.Tensor:
-        """Logits (B, T, V); or, given targets (B, T), the mean next-token cross-entropy.
+        """Logits (B, T, V); or, given targets (B, T), the next-token cross-entropy.
 
-        Targets equal to -100 are ignored. The loss is computed in fp32.
+        With targets, the loss (fp32; "mean" over non-ignored tokens or "sum", targets equal to
+        loss.IGNORE_INDEX ignored) comes from `loss.next_token_loss`, which never holds the
+        (B, T, V) logits in fp32 at once.
         """
-        logits = self.lm_head(self.hidden_states(input_ids, cache))  # (B, T, V)
+        hidden = self.hidden_states(input_ids, cache)  # (B, T, d)
         if targets is None:
-            return logits
-        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
+            return self.lm_head(hidden)  # (B, T, V)
+        return next_token_loss(hidden, self.lm_head.weight, targets, reduction=reduction)
 
     @torch.no_grad()
     def generate(

@@ -8,7 +8,7 @@ model size) and is checkpointed at the same steps, which is what a cross-scale c
 Every config is built and validated before the first run starts; a finished run is skipped
 (training resumes it, and a complete run has nothing to do).
 
-    pico-train sweep --config pico-train/configs/sweep.yaml --presets demo-w32,demo-w64,demo
+    pico-train sweep --config examples/sweep.yaml --presets demo-w32,demo-w64,demo
     pico-analyze compare runs/sweep/demo-w32 runs/sweep/demo-w64 runs/sweep/demo
 """
 

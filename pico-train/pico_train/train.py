@@ -17,20 +17,22 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch.nn.parallel import DistributedDataParallel
 
-from pico_format import RunPaths, checkpoint_transaction, prune_states, write_json_atomic
+from pico_format import EVAL_SPLIT, TRAIN_SPLIT, RunFormatError, RunPaths, latest_step
 from pico_train import distributed
-from pico_train.capture import capture_learning_dynamics, rows_for_capture
-from pico_train.checkpoint import load_training_state, save_model_files, save_training_state
+from pico_train.capture import check_capture_modules
+from pico_train.checkpoint import CheckpointContents, load_training_state, write_checkpoint
 from pico_train.config import RunConfig, checkpoint_steps
 from pico_train.data import build_data
 from pico_train.evaluate import heldout_loss
+from pico_train.lock import RunLock
 from pico_train.model import PicoDecoder
-from pico_train.monitor import Monitor, truncate_log
+from pico_train.monitor import Monitor, check_integrations, truncate_log
 from pico_train.optim import build_optimizer, lr_at
-from pico_train.resume import open_run
+from pico_train.resume import RunPlan, check_run, prepare_run
 
 
 class TrainingError(RuntimeError):
@@ -50,7 +52,8 @@ class Counters:
 @dataclass
 class TrainResult:
     run_dir: str
-    steps: int
+    steps: int  # the step reached
+    start_step: int = 0  # where this invocation began (the resumed checkpoint's step)
     first_loss: float | None = None
     last_loss: float | None = None
     eval: dict[str, float] = field(default_factory=dict)
@@ -75,15 +78,22 @@ def seed_everything(seed: int) -> None:
 
 
 def _open_run_on_main(
-    run: RunPaths, config: RunConfig, fingerprint: str, force: bool, dist: distributed.Dist
-) -> int | None:
-    """Rank 0 opens the run; every rank learns the resume step (or the error)."""
+    run: RunPaths,
+    config: RunConfig,
+    fingerprint: str,
+    force: bool,
+    dist: distributed.Dist,
+    lock: RunLock | None,
+) -> RunPlan:
+    """Rank 0 locks the run and decides how to open it; every rank learns the plan (or the
+    error). Nothing is written here."""
     outcome: tuple[str, Any] = ("ok", None)
     if dist.is_main:
         try:
-            outcome = ("ok", open_run(run, config, fingerprint, force=force))
+            lock.acquire()
+            outcome = ("ok", check_run(run, config, fingerprint, force=force))
         except Exception as err:  # re-raised on every rank below
-            outcome = ("error", f"{type(err).__name__}: {err}")
+            outcome = ("error", str(err))
     outcome = dist.broadcast_object(outcome)
     if outcome[0] == "error":
         raise TrainingError(outcome[1])
@@ -93,20 +103,42 @@ def _open_run_on_main(
 class Trainer:
     def __init__(self, config: RunConfig, *, force: bool = False, device: str | None = None):
         self.config = config
+        check_integrations(config.logging)  # before anything is created
+        check_capture_modules(config)
         self.dist = distributed.setup(device)
         self.run = RunPaths(config.run_dir)
+        self.lock = RunLock(self.run.root) if self.dist.is_main else None
         seed_everything(config.training.seed)
         self.data = build_data(config)
         self.tokenizer = self.data.tokenizer
-        resume_step = _open_run_on_main(self.run, config, self.data.fingerprint, force, self.dist)
+        try:
+            self._open(force)
+        except BaseException:
+            self.close()
+            raise
 
+    def _open(self, force: bool) -> None:
+        """Lock, decide, read the resume state, and only then write the run's files."""
+        config = self.config
+        plan = _open_run_on_main(
+            self.run, config, self.data.fingerprint, force, self.dist, self.lock
+        )
+        resume_step = plan.resume_step
         self.model = PicoDecoder(config.model).to(self.dist.device)
         self.optimizer, self.param_names = build_optimizer(self.model, config.training)
         self.counters = Counters()
         self.resumed_from = resume_step
         if resume_step is not None:
             self._restore(resume_step)
-        if self.dist.is_main:  # drop what a killed run logged after its last checkpoint
+        if self.dist.is_main:
+            for line in plan.skipped:
+                print(f"warning: {line}; not resumed from it.", flush=True)
+            if resume_step is not None:
+                forced = f" (forced: {'; '.join(plan.changes)})" if plan.changes else ""
+                print(f"resuming from step {resume_step} of {self.run.root}{forced}", flush=True)
+            hardware = distributed.describe_hardware(self.dist)
+            prepare_run(self.run, config, self.data.fingerprint, plan, hardware)
+            # drop what a killed run logged after its last checkpoint
             truncate_log(self.run.log, resume_step if resume_step is not None else -1)
         self.autocast = autocast_for(config, self.dist.device)
         self.ddp = None
@@ -117,10 +149,18 @@ class Trainer:
         self.forward = torch.compile(forward) if config.training.compile else forward
         self.save_steps = checkpoint_steps(config)
 
+    def close(self) -> None:
+        """Release the run directory (also after an error)."""
+        if self.lock is not None:
+            self.lock.release()
+
     def _restore(self, step: int) -> None:
         ckpt = self.run.checkpoint(step)
-        state = load_file(str(ckpt.model_weights), device=str(self.dist.device))
-        self.model.load_state_dict(state)
+        try:
+            state = load_file(str(ckpt.model_weights), device=str(self.dist.device))
+            self.model.load_state_dict(state)
+        except (SafetensorError, OSError, RuntimeError) as err:
+            raise RunFormatError(f"Cannot resume from '{ckpt.model_weights}': {err}") from None
         trainer = load_training_state(ckpt, self.optimizer, self.param_names)
         self.counters = Counters(**trainer["counters"])
 
@@ -132,8 +172,8 @@ class Trainer:
         batch: (b, T+1) token ids. Returns the step's mean loss and gradient norm as device
         tensors (no host sync here); the caller checks them once per step.
         """
-        t = self.config.training
-        micro = batch.split(t.micro_batch_size)
+        training = self.config.training
+        micro = batch.split(training.micro_batch_size)
         loss_sum = torch.zeros((), device=self.dist.device)
         for i, chunk in enumerate(micro):
             chunk = chunk.to(self.dist.device, non_blocking=True)
@@ -145,72 +185,97 @@ class Trainer:
                     loss = self.forward(chunk[:, :-1], chunk[:, 1:]) / len(micro)
                 loss.backward()
             loss_sum += loss.detach()
-        max_norm = t.grad_clip if t.grad_clip > 0 else math.inf
+        max_norm = training.grad_clip if training.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         return self.dist.sum(loss_sum) / self.dist.world_size, grad_norm
 
     def fit(self) -> TrainResult:
-        c, t = self.config, self.config.training
-        n = self.counters
-        monitor = Monitor(c, self.run, n.step, enabled=self.dist.is_main)
-        result = TrainResult(run_dir=str(self.run.root), steps=t.max_steps)
+        """Train from the current step to training.max_steps, checkpointing when due."""
+        training, counters = self.config.training, self.counters
+        monitor = Monitor(self.config, self.run, counters.step, enabled=self.dist.is_main)
+        result = TrainResult(
+            run_dir=str(self.run.root), steps=training.max_steps, start_step=counters.step
+        )
         began = time.perf_counter()
-        tokens_per_step = t.global_batch_size * c.seq_len
         try:
-            if n.step == 0 and self.resumed_from is None and 0 in self.save_steps:
+            if counters.step == 0 and self.resumed_from is None and 0 in self.save_steps:
                 self.save(0, monitor, result, train_batch=self._batch(0))
-            while n.step < t.max_steps:
-                lr = lr_at(n.step, t)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-                batch = self._batch(n.step)
-                tick = time.perf_counter()
-                loss, grad_norm = self.train_step(batch)
-                loss_value, norm_value = loss.item(), grad_norm.item()  # one sync per step
-                if math.isfinite(loss_value) and math.isfinite(norm_value):
-                    self.optimizer.step()
-                    n.bad_in_row = 0
-                else:
-                    n.skipped_steps += 1
-                    n.bad_in_row += 1
-                    monitor.write(
-                        f"step {n.step + 1}: non-finite loss/gradient ({loss_value}, "
-                        f"{norm_value}); step skipped ({n.bad_in_row} in a row)."
-                    )
-                self.optimizer.zero_grad(set_to_none=True)
-                n.step += 1
-                n.tokens_seen += tokens_per_step
-                elapsed = time.perf_counter() - tick
-                tokens_per_s = tokens_per_step / max(elapsed, 1e-9)
-                if result.first_loss is None:
-                    result.first_loss = loss_value
-                result.last_loss = loss_value
-                if n.step % c.logging.log_every == 0 or n.step == t.max_steps:
-                    monitor.log(
-                        {
-                            "step": n.step,
-                            "loss": loss_value,
-                            "lr": lr,
-                            "grad_norm": norm_value,
-                            "tokens_per_s": tokens_per_s,
-                            "tokens_seen": n.tokens_seen,
-                            "skipped_steps": n.skipped_steps,
-                        }
-                    )
-                monitor.progress(n.step, loss_value, lr, tokens_per_s)
-                if n.bad_in_row >= t.max_bad_steps:
-                    raise TrainingError(
-                        f"{n.bad_in_row} non-finite losses in a row at step {n.step} "
-                        f"(training.max_bad_steps={t.max_bad_steps}); stopping. The last good "
-                        f"checkpoint is intact in '{self.run.root}'. Lower training.lr or raise "
-                        f"training.warmup_steps."
-                    )
-                if n.step in self.save_steps:
-                    self.save(n.step, monitor, result, train_batch=batch)
+            while counters.step < training.max_steps:
+                batch = self._batch(counters.step)
+                self.optimizer_step(batch, monitor, result)
+                if counters.step in self.save_steps:
+                    self.save(counters.step, monitor, result, train_batch=batch)
         finally:
             monitor.close()
         result.seconds = time.perf_counter() - began
         return result
+
+    def optimizer_step(self, batch: torch.Tensor, monitor: Monitor, result: TrainResult) -> None:
+        """Set the step's lr, train on `batch`, step (or skip a non-finite step), and log."""
+        training, counters = self.config.training, self.counters
+        lr = lr_at(counters.step, training)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        tick = time.perf_counter()
+        loss, grad_norm = self.train_step(batch)
+        loss_value, norm_value = loss.item(), grad_norm.item()  # one sync per step
+        if math.isfinite(loss_value) and math.isfinite(norm_value):
+            self.optimizer.step()
+            counters.bad_in_row = 0
+        else:
+            counters.skipped_steps += 1
+            counters.bad_in_row += 1
+            monitor.write(
+                f"step {counters.step + 1}: non-finite loss/gradient ({loss_value}, "
+                f"{norm_value}); step skipped ({counters.bad_in_row} in a row)."
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        tokens_per_step = training.global_batch_size * self.config.seq_len
+        counters.step += 1
+        counters.tokens_seen += tokens_per_step
+        tokens_per_s = tokens_per_step / max(time.perf_counter() - tick, 1e-9)
+        if result.first_loss is None:
+            result.first_loss = loss_value
+        result.last_loss = loss_value
+        self._log_step(monitor, loss_value, lr, norm_value, tokens_per_s)
+        if counters.bad_in_row >= training.max_bad_steps:
+            raise TrainingError(
+                f"{counters.bad_in_row} non-finite losses in a row at step {counters.step} "
+                f"(training.max_bad_steps={training.max_bad_steps}); stopping. The last good "
+                f"checkpoint is intact in '{self.run.root}'. Lower training.lr or raise "
+                f"training.warmup_steps."
+            )
+
+    def _log_step(
+        self, monitor: Monitor, loss: float, lr: float, grad_norm: float, tokens_per_s: float
+    ) -> None:
+        counters, max_steps = self.counters, self.config.training.max_steps
+        if counters.step % self.config.logging.log_every == 0 or counters.step == max_steps:
+            monitor.log(
+                {
+                    "step": counters.step,
+                    "loss": loss,
+                    "lr": lr,
+                    "grad_norm": grad_norm,
+                    "tokens_per_s": tokens_per_s,
+                    "tokens_seen": counters.tokens_seen,
+                    "skipped_steps": counters.skipped_steps,
+                }
+            )
+        monitor.progress(counters.step, loss, lr, tokens_per_s)
+
+    def _refuse_nonfinite_weights(self, step: int) -> None:
+        """A checkpoint is a promise of usable weights: never save NaN/inf ones."""
+        with torch.no_grad():
+            bad = [n for n, p in self.model.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            good = latest_step(self.run) if self.dist.is_main else None
+            kept = f"step {good}" if good is not None else "none yet"
+            raise TrainingError(
+                f"the weights are not finite at step {step} ({bad[0]} and {len(bad) - 1} more); "
+                f"checkpoint not written. The last good checkpoint ({kept}) is intact in "
+                f"'{self.run.root}'. Lower training.lr or raise training.warmup_steps."
+            )
 
     def _batch(self, step: int) -> torch.Tensor:
         return self.data.train_batch(
@@ -222,79 +287,49 @@ class Trainer:
     def save(
         self, step: int, monitor: Monitor, result: TrainResult, train_batch: torch.Tensor
     ) -> None:
-        """Evaluate, capture and write checkpoint `step` (all ranks compute, rank 0 writes).
+        """Evaluate, then write checkpoint `step` (all ranks compute, rank 0 writes).
 
         train_batch: this rank's rows of the global batch that step `step` trained on.
         """
-        c = self.config
+        self._refuse_nonfinite_weights(step)
         eval_rows = self.data.eval_batch()
-        scores = {}
-        if c.evaluation.enabled:
-            scores = heldout_loss(
-                self.model,
-                eval_rows,
-                c.evaluation.batch_size,
-                self.dist,
-                self.autocast,
-            )
-            monitor.log({"step": step, **scores})
-            monitor.write(
-                f"step {step}: held-out loss {scores['eval_loss']:.4f}, perplexity "
-                f"{scores['eval_perplexity']:.2f}"
-            )
+        scores = self.evaluate(step, eval_rows, monitor) if self.config.evaluation.enabled else {}
+        if scores:
             result.eval = scores
-        opened = checkpoint_transaction(self.run, step) if self.dist.is_main else nullcontext(None)
-        with opened as ckpt:
-            if c.capture.enabled:
-                batches = {"train": train_batch, "eval": eval_rows}
-                batches = {
-                    s: rows_for_capture(s, batches[s], c.capture.batch_size, self.dist)
-                    for s in c.capture.splits
-                }
-                capture_learning_dynamics(
-                    self.model,
-                    c.capture,
-                    step,
-                    batches,
-                    self.dist,
-                    self.tokenizer,
-                    ckpt,
-                    self.autocast,
-                )
-            if ckpt is not None:
-                save_model_files(ckpt.root, self.model, self.tokenizer)
-                t = c.training
-                save_training_state(
-                    ckpt,
-                    self.optimizer,
-                    self.param_names,
-                    {
-                        "counters": asdict(self.counters),
-                        "data_fingerprint": self.data.fingerprint,
-                        # The order is a function of the batch index: the cursor is the next one.
-                        "data_cursor": {
-                            "next_batch": step,
-                            "sequences_consumed": step * t.global_batch_size,
-                        },
-                        # The schedule is a pure function of the step (optim.lr_at).
-                        "scheduler": {
-                            "schedule": t.schedule,
-                            "step": step,
-                            "next_lr": lr_at(step, t) if step < t.max_steps else None,
-                        },
-                    },
-                )
-                write_json_atomic(ckpt.eval, {"step": step, **scores})
-        if self.dist.is_main:
-            prune_states(self.run, c.checkpointing.keep_states)
+        contents = CheckpointContents(
+            step=step,
+            model=self.model,
+            tokenizer=self.tokenizer,
+            optimizer=self.optimizer,
+            param_names=self.param_names,
+            counters=asdict(self.counters),
+            data_fingerprint=self.data.fingerprint,
+            scores=scores,
+            batches={TRAIN_SPLIT: train_batch, EVAL_SPLIT: eval_rows},
+        )
+        write_checkpoint(self.run, contents, self.config, self.dist, self.autocast)
         result.checkpoints.append(step)
-        self.dist.barrier()
+
+    def evaluate(self, step: int, eval_rows: torch.Tensor, monitor: Monitor) -> dict[str, float]:
+        """Held-out loss and perplexity at `step`, logged and printed."""
+        scores = heldout_loss(
+            self.model, eval_rows, self.config.evaluation.batch_size, self.dist, self.autocast
+        )
+        monitor.log({"step": step, **scores})
+        monitor.write(
+            f"step {step}: held-out loss {scores['eval_loss']:.4f}, perplexity "
+            f"{scores['eval_perplexity']:.2f}"
+        )
+        return scores
 
 
 def train(config: RunConfig, *, force: bool = False, device: str | None = None) -> TrainResult:
     """Train (or resume) the run described by `config`."""
-    trainer = Trainer(config, force=force, device=device)
     try:
-        return trainer.fit()
+        trainer = Trainer(config, force=force, device=device)
+        try:
+            return trainer.fit()
+        finally:
+            trainer.close()
     finally:
         distributed.teardown()

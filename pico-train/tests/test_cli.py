@@ -6,10 +6,11 @@ from click.testing import CliRunner
 
 from pico_train.checkpoint import save_model_files
 from pico_train.cli import main
-from pico_train.data import load_tokenizer
 from pico_train.model import PicoDecoder
+from pico_train.tokenizer import load_tokenizer
+from pico_train.train import train
 
-from test_train import tiny_config, train
+from tiny_runs import tiny_config
 
 
 def invoke(*args):

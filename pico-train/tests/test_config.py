@@ -35,7 +35,8 @@ def test_resolved_config_round_trips():
     "override,message",
     [
         ("trainig.max_steps=3", "Did you mean 'training'"),
-        ("training.max_step=3", "Did you mean 'max_steps'"),
+        ("training.max_step=3", "Did you mean 'training.max_steps'"),
+        ("capture.posittions=all", "Did you mean 'capture.positions'"),
         ("model.d_model=100", "not divisible by n_heads"),
         ("model.n_kv_heads=5", "not divisible by n_kv_heads"),
         ("model.n_layers=0", "model.n_layers: must be a positive integer"),
@@ -44,7 +45,15 @@ def test_resolved_config_round_trips():
         ("training.schedule=cosin", "training.schedule"),
         ("capture.positions=first", "capture.positions"),
         ("data.seq_len=999999", "exceeds model.max_seq_len"),
-        ("checkpointing.steps=[5000]", "checkpointing.steps"),
+        ("checkpointing.steps=[-1]", "checkpointing.steps"),
+        ("data.seq_len=0", "data.seq_len: must be positive"),
+        ("data.seq_len=-1", "data.seq_len: must be positive"),
+        ("training.lr=.inf", "training.lr: must be a finite number"),
+        ("training.lr=.nan", "training.lr: must be a finite number"),
+        ("model.rope_theta=.inf", "model.rope_theta: must be a finite number"),
+        ("training.warmup_steps=5000", "warmup_steps=100 \\(a tenth of the run\\)"),
+        ("training.max_steps=[1", "--set training.max_steps=\\[1, line 1: invalid YAML"),
+        ("training.max_steps", "must look like section.key=value"),
         ("preset=smal", "Did you mean 'small'"),
     ],
 )
@@ -78,3 +87,54 @@ def test_shipped_configs_load():
     for name in names:
         c = load_config(root / f"{name}.yaml")
         assert c.preset == name
+
+
+def test_yaml_errors_name_file_and_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("preset: tiny\ntraining:\n  max_steps: [1\n  lr: 3\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml, line \d+: invalid YAML"):
+        load_config(bad)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"preset: tiny\n# caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"latin.yaml, line 2: not UTF-8 text \(byte 0xe9\)"):
+        load_config(latin)
+
+
+def test_checkpoint_steps_past_the_end_are_dropped_with_a_note():
+    notes = []
+    c = load_config(
+        overrides=[
+            "training.max_steps=10",
+            "training.warmup_steps=1",
+            "checkpointing.steps=[0,4,64,512]",
+        ],
+        note=notes.append,
+    )
+    assert c.checkpointing.steps == [0, 4]
+    assert any("[64, 512]" in n and "dropped" in n for n in notes)
+
+
+def test_run_dir_defaults_to_the_config_or_preset_name(tmp_path):
+    path = tmp_path / "my-experiment.yaml"
+    path.write_text("preset: small\n")
+    assert load_config(path).run_dir == "runs/my-experiment"
+    assert load_config(preset="small").run_dir == "runs/small"
+    assert load_config().run_dir == "runs/run"
+    assert load_config(path, ["run_dir=elsewhere"]).run_dir == "elsewhere"
+
+
+def test_suite_vocabulary_on_the_trained_tokenizer_gets_a_note():
+    notes = []
+    load_config(preset="tiny", note=notes.append)
+    assert any("--set model.vocab_size=4096" in n for n in notes)
+    notes.clear()
+    load_config(preset="demo", note=notes.append)
+    assert notes == []
+
+
+def test_saved_yaml_has_no_anchors():
+    from pico_train.config import dump_yaml
+
+    shared = [1, 2]
+    text = dump_yaml({"a": shared, "b": shared})
+    assert "&id" not in text and "*id" not in text

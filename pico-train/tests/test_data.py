@@ -1,4 +1,4 @@
-"""corpus.py and data.py: markdown cleaning, the cached BPE, and the one global data order.
+"""corpus.py and data.py: markdown cleaning and the one global data order.
 
 Properties: batch k does not depend on the process count, the micro-batch split or the model
 size; held-out windows are never trained on; an epoch covers the training pool exactly once;
@@ -14,7 +14,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 
 import datasets
 import numpy as np
@@ -23,43 +22,17 @@ import pytest
 import torch
 
 from pico_train.config import load_config
-from pico_train.corpus import (
-    bpe_cache_path,
-    clean_markdown,
-    shakespeare_names,
-    shakespeare_texts,
-    train_bpe_tokenizer,
-)
-from pico_train.data import DataError, build_data, load_tokenizer, tokenizer_hash
+from pico_train.corpus import clean_markdown, shakespeare_names, shakespeare_texts
+from pico_train.data import DataError, build_data
+from pico_train.tokenizer import load_tokenizer
+
+from tiny_runs import DATA, data_config
 
 # One xdist worker runs these, so the session's BPE and tokenized corpus are made once.
 pytestmark = pytest.mark.xdist_group("data")
 
-BASE = ["preset=demo", "data.seq_len=32", "data.tokenizer_vocab_size=300", "data.eval_sequences=4"]
 WIDTH = 33  # seq_len + 1
-
-
-def cfg(*extra: str):
-    return load_config(overrides=[*BASE, *extra])
-
-
-@pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory):
-    # The folder conftest points PICO_CACHE at, so load_tokenizer finds this session's BPE.
-    return os.environ.get("PICO_CACHE") or str(tmp_path_factory.getbasetemp() / "pico-cache")
-
-
-@pytest.fixture(scope="session")
-def tok(cache_dir):
-    """The Shakespeare BPE of the tiny configs (vocab 300), trained once per session."""
-    return train_bpe_tokenizer(shakespeare_texts(), 300, cache_dir)
-
-
-@pytest.fixture(scope="session")
-def tok_dir(tok, tmp_path_factory):
-    path = tmp_path_factory.mktemp("tokenizer")
-    tok.save_pretrained(path)
-    return path
+cfg = data_config
 
 
 @pytest.fixture(scope="session")
@@ -138,54 +111,6 @@ def test_shakespeare_corpus_is_clean_and_ordered():
     assert sum(map(len, texts)) > 4_500_000
 
 
-def test_bpe_is_deterministic_cached_and_reloads(tok, tok_dir, cache_dir, tmp_path):
-    from transformers import AutoTokenizer
-
-    few = shakespeare_texts()[:3]
-    a = train_bpe_tokenizer(few, 280, tmp_path / "a")
-    b = train_bpe_tokenizer(few, 280, tmp_path / "b")
-    file_a, file_b = (
-        bpe_cache_path(few, 280, tmp_path / "a"),
-        bpe_cache_path(few, 280, tmp_path / "b"),
-    )
-    assert file_a.read_bytes() == file_b.read_bytes() and len(a) == len(b) == 280
-
-    cached = bpe_cache_path(shakespeare_texts(), 300, cache_dir)
-    mtime = cached.stat().st_mtime_ns
-    began = time.perf_counter()
-    again = train_bpe_tokenizer(shakespeare_texts(), 300, cache_dir)
-    assert time.perf_counter() - began < 1.0  # a cache hit; training takes seconds
-    assert cached.stat().st_mtime_ns == mtime and len(list(cached.parent.iterdir())) == 1
-    assert tokenizer_hash(again) == tokenizer_hash(tok)
-
-    reloaded = AutoTokenizer.from_pretrained(tok_dir)
-    text = "BERNARDO:\nWho's there?\n<|endoftext|>Long live the king!"
-    assert reloaded(text)["input_ids"] == tok(text)["input_ids"]
-    assert reloaded.eos_token == tok.eos_token == "<|endoftext|>" and tok.eos_token_id == 0
-    assert tokenizer_hash(reloaded) == tokenizer_hash(tok) and len(reloaded) == 300
-
-
-def test_load_tokenizer_trained_file_and_folder(tok, tok_dir, cache_dir):
-    trained = load_tokenizer(cfg())  # the session's cached BPE
-    from_folder = load_tokenizer(cfg(f"data.tokenizer={tok_dir}"))
-    # A bare tokenizer.json names no EOS: <|endoftext|> is found and set.
-    bare = bpe_cache_path(shakespeare_texts(), 300, cache_dir)
-    from_file = load_tokenizer(cfg(f"data.tokenizer={bare}"))
-    for t in (trained, from_folder, from_file):
-        assert t.eos_token_id == 0 and tokenizer_hash(t) == tokenizer_hash(tok)
-    # The tokenizer counts by content: the run's saved copy gives the same data fingerprint.
-    assert build_data(cfg(), trained).fingerprint == build_data(cfg(), from_folder).fingerprint
-
-
-def test_tokenizer_larger_than_model_vocab(tok, tok_dir):
-    config = cfg(f"data.tokenizer={tok_dir}", "model.vocab_size=256")
-    with pytest.raises(DataError, match="300.*256|256.*300") as err:
-        load_tokenizer(config)
-    assert "model.vocab_size" in str(err.value)
-    with pytest.raises(DataError, match="300.*256|256.*300"):
-        build_data(config, tok)
-
-
 # ----------------------------------------------------------------------------------------------
 # The global order (map mode, embedded corpus)
 # ----------------------------------------------------------------------------------------------
@@ -193,7 +118,7 @@ def test_tokenizer_larger_than_model_vocab(tok, tok_dir):
 
 def test_batches_do_not_depend_on_world_size_or_model_size(tok):
     demo = build_data(cfg(), tok)
-    tiny = build_data(load_config(overrides=[*BASE, "preset=tiny"]), tok)
+    tiny = build_data(load_config(overrides=[*DATA, "preset=tiny"]), tok)
     assert tiny.fingerprint == demo.fingerprint
     assert torch.equal(tiny.eval_batch(), demo.eval_batch())
     info = demo.describe()
@@ -397,7 +322,7 @@ def test_stream_mode_reads_in_order_and_resumes(tok, tok_dir, tmp_path, docs, un
             str(text),
             str(tokens),
             str(tok_dir),
-            json.dumps(BASE),
+            json.dumps(DATA),
         ],
         capture_output=True,
         text=True,

@@ -15,7 +15,7 @@ from pico_train.model import PicoDecoder
 from pico_train.monitor import read_log
 from pico_train.train import train
 
-from test_train import tiny_config
+from tiny_runs import tiny_config
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CFG = ModelConfig(
@@ -92,3 +92,29 @@ def test_capture_on_cuda_matches_cpu(tmp_path):
             torch.testing.assert_close(
                 out["cuda"].get(kind, m), out["cpu"].get(kind, m), atol=1e-4, rtol=1e-3
             )
+
+
+@pytest.mark.parametrize("impl", ["chunked", "liger"])  # cce filters small gradient terms
+def test_loss_implementations_match_plain_on_cuda(impl, monkeypatch):
+    from pico_train import loss as L
+
+    if not L.available(impl):
+        pytest.skip(f"{impl} is not installed")
+    monkeypatch.setattr(L, "CHUNK_ELEMENTS", 1 << 20)  # several blocks
+    g = torch.Generator(device="cuda").manual_seed(0)
+    h = torch.randn(1000, 64, device="cuda", generator=g).requires_grad_()
+    w = (torch.randn(3000, 64, device="cuda", generator=g) * 0.1).requires_grad_()
+    y = torch.randint(0, 3000, (1000,), device="cuda", generator=g)
+    y[::7] = L.IGNORE_INDEX
+    ref = F.cross_entropy(h @ w.T, y, ignore_index=L.IGNORE_INDEX)
+    ref_grads = torch.autograd.grad(ref, (h, w))
+    try:
+        for compiled in (False, True) if impl == "chunked" else (False,):
+            L.set_implementation(impl, compile_chunks=compiled)
+            ours = L.next_token_loss(h, w, y)
+            grads = torch.autograd.grad(ours, (h, w))
+            torch.testing.assert_close(ours, ref, rtol=1e-4, atol=0)
+            for a, b in zip(grads, ref_grads):
+                torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-6)
+    finally:
+        L.set_implementation("auto")

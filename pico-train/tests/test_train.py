@@ -17,37 +17,7 @@ from pico_train.config import load_config
 from pico_train.monitor import read_log
 from pico_train.train import TrainingError, train
 
-# A model small enough that a step takes milliseconds; the data settings are shared by every
-# test so the tokenizer is trained once per session (cached under PICO_CACHE).
-TINY = [
-    "preset=demo",
-    "model.d_model=32",
-    "model.n_layers=2",
-    "model.n_heads=4",
-    "model.n_kv_heads=2",
-    "model.mlp_hidden=64",
-    "model.vocab_size=512",
-    "model.max_seq_len=32",
-    "data.tokenizer_vocab_size=300",
-    "data.eval_sequences=4",
-    "data.seq_len=32",
-    "training.global_batch_size=4",
-    "training.micro_batch_size=2",
-    "training.lr=3e-3",
-    "training.warmup_steps=2",
-    "training.max_steps=12",
-    "checkpointing.every=3",
-    "checkpointing.steps=[0,1]",
-    "checkpointing.keep_states=2",
-    "evaluation.batch_size=4",
-    "capture.batch_size=4",
-    "capture.micro_batch_size=2",
-    "logging.progress=false",
-]
-
-
-def tiny_config(run_dir, *extra):
-    return load_config(overrides=[*TINY, f"run_dir={run_dir}", *extra])
+from tiny_runs import TINY, tiny_config
 
 
 def losses(run_dir) -> dict[int, float]:
@@ -76,18 +46,19 @@ KILLER = textwrap.dedent("""
     import os, signal, sys
     point, arg = sys.argv[1], int(sys.argv[2])
     sys.argv = ["pico-train", *sys.argv[3:]]
+    import pico_train.checkpoint as checkpoint_mod
     import pico_train.train as train_mod
     import pico_format.run as run_mod
     die = lambda: os.kill(os.getpid(), signal.SIGKILL)
     calls = {"n": 0}
     if point == "mid_checkpoint":  # after the model files, before the state and the rename
-        real = train_mod.save_training_state
+        real = checkpoint_mod.save_training_state
         def patched(*a, **k):
             calls["n"] += 1
             if calls["n"] == arg:
                 die()
             return real(*a, **k)
-        train_mod.save_training_state = patched
+        checkpoint_mod.save_training_state = patched
     elif point == "after_step":  # between checkpoints, right after logging step `arg`
         real = train_mod.Monitor.log
         def patched(self, record):
@@ -104,6 +75,35 @@ KILLER = textwrap.dedent("""
                     die()
             return real(path, obj)
         run_mod.write_json_atomic = patched
+    elif point == "after_lock":  # run creation: the directory is locked, nothing written yet
+        import pico_train.lock as lock_mod
+        real = lock_mod.RunLock.acquire
+        def patched(self):
+            real(self)
+            die()
+        lock_mod.RunLock.acquire = patched
+    elif point in ("before_rename", "after_rename"):  # atomic writes, by target file name
+        name = sys.argv.pop(1)
+        real = os.replace
+        def patched(src, dst):
+            hit = os.path.basename(str(dst)) == name
+            if hit and point == "before_rename":
+                die()
+            real(src, dst)
+            if hit:
+                calls["n"] += 1
+                if calls["n"] == arg:
+                    die()
+        run_mod.os.replace = patched
+    elif point == "prune":  # the state folder renamed to .tmp-state, not yet deleted
+        real = run_mod.shutil.rmtree
+        def patched(path, *a, **k):
+            if os.path.basename(str(path)) == ".tmp-state":
+                calls["n"] += 1
+                if calls["n"] == arg:
+                    die()
+            return real(path, *a, **k)
+        run_mod.shutil.rmtree = patched
     from pico_train.cli import main
     main()
 """)
@@ -117,26 +117,45 @@ def _cli(run_dir, *extra, kill=None, check=True, flags=()):
     else:
         script = Path(run_dir).parent / "killer.py"
         script.write_text(KILLER)
-        cmd = [sys.executable, str(script), kill[0], str(kill[1]), *args]
+        cmd = [sys.executable, str(script), *map(str, kill[:2]), *kill[2:], *args]
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     if check and kill is None:
         assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
 
+def _leftovers(run_dir):
+    return sorted(str(p) for p in Path(run_dir).rglob(".tmp-*"))
+
+
+@pytest.mark.slow
 def test_sigkill_at_several_points_then_resume_is_bit_exact(reference, tmp_path):
     run_dir = tmp_path / "run"
     points = [
+        # every window of run creation: locked only, config.yaml half-written, config.yaml
+        # without run.json, run.json half-written, run.json written
+        ("after_lock", 1),
+        ("before_rename", 1, "config.yaml"),
+        ("after_rename", 1, "config.yaml"),
+        ("before_rename", 1, "run.json"),
+        ("after_rename", 1, "run.json"),
         ("mid_checkpoint", 1),  # inside the very first checkpoint: the rerun starts afresh
         ("after_step", 2),
         ("mid_checkpoint", 2),
         ("before_pointer", 2),
+        ("prune", 1),  # inside pruning: step_0/.tmp-state left behind
+        ("before_rename", 1, "latest.json"),  # RUN/.tmp-latest.json.<pid> left behind
         ("after_step", 10),
     ]
     for point in points:
         proc = _cli(run_dir, kill=point)
         assert proc.returncode == -9, (point, proc.stderr[-2000:])
+        if point[0] == "prune":
+            assert any(p.endswith("/.tmp-state") for p in _leftovers(run_dir))
+        if point[-1] == "latest.json":
+            assert any(".tmp-latest.json." in p for p in _leftovers(run_dir))
     _cli(run_dir)
+    assert _leftovers(run_dir) == []  # what the kills left was cleaned up
     expected = losses(reference)
     assert len(expected) == 12
     assert losses(run_dir) == expected  # float equality: bit for bit
@@ -147,17 +166,20 @@ def test_sigkill_at_several_points_then_resume_is_bit_exact(reference, tmp_path)
     assert list_checkpoints(RunPaths(run_dir)) == list_checkpoints(RunPaths(reference))
 
 
+@pytest.mark.slow
 def test_rerun_of_finished_run_does_nothing(reference):
     proc = _cli(reference)
     assert "already reached step 12" in proc.stdout
 
 
+@pytest.mark.slow
 def test_resume_with_different_model_is_refused(reference):
     proc = _cli(reference, "model.d_model=64", check=False)
     assert proc.returncode != 0
     assert "model.d_model: 32 -> 64" in proc.stderr
 
 
+@pytest.mark.slow
 def test_forced_resume_cannot_change_the_model_shape(reference, tmp_path):
     import shutil
 
@@ -169,6 +191,7 @@ def test_forced_resume_cannot_change_the_model_shape(reference, tmp_path):
     assert {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()} == before
 
 
+@pytest.mark.slow
 def test_run_layout_and_contents(reference):
     run = RunPaths(reference)
     assert list_checkpoints(run) == [0, 1, 3, 6, 9, 12]
@@ -213,8 +236,8 @@ def test_nonfinite_losses_stop_with_last_checkpoint_intact(tmp_path, monkeypatch
     real = PicoDecoder.forward
     calls = {"n": 0}
 
-    def poisoned(self, input_ids, targets=None, cache=None):
-        out = real(self, input_ids, targets, cache)
+    def poisoned(self, input_ids, targets=None, cache=None, **kwargs):
+        out = real(self, input_ids, targets, cache, **kwargs)
         if targets is not None and self.training:
             calls["n"] += 1
             if calls["n"] > 6:  # steps 1-3 (two micro-batches each) are fine
@@ -232,9 +255,9 @@ def test_nonfinite_losses_stop_with_last_checkpoint_intact(tmp_path, monkeypatch
 
 
 def test_full_disk_keeps_previous_checkpoint(tmp_path, monkeypatch):
-    import pico_train.train as train_mod
+    import pico_train.checkpoint as checkpoint_mod
 
-    real = train_mod.save_model_files
+    real = checkpoint_mod.save_model_files
     calls = {"n": 0}
 
     def full_disk(*a, **k):
@@ -243,7 +266,7 @@ def test_full_disk_keeps_previous_checkpoint(tmp_path, monkeypatch):
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(*a, **k)
 
-    monkeypatch.setattr(train_mod, "save_model_files", full_disk)
+    monkeypatch.setattr(checkpoint_mod, "save_model_files", full_disk)
     config = tiny_config(tmp_path / "run", "capture.enabled=false")
     with pytest.raises(RunFormatError, match="Disk full"):
         train(config)
@@ -289,7 +312,7 @@ def test_suite_config_trains_with_local_data(tmp_path):
     rows = torch.randint(0, 50304, (24, 33), generator=torch.Generator().manual_seed(0))
     pq.write_table(pa.table({"input_ids": rows.tolist()}), tmp_path / "tokens.parquet")
     tokenizer_dir = tmp_path / "tokenizer"
-    from pico_train.data import load_tokenizer
+    from pico_train.tokenizer import load_tokenizer
 
     load_tokenizer(tiny_config(tmp_path / "unused")).save_pretrained(str(tokenizer_dir))
     root = Path(__file__).resolve().parents[1] / "configs"

@@ -26,12 +26,23 @@ from pico_format.layout import (
     CAPTURE,
     CAPTURE_KINDS,
     CAPTURE_MANIFEST,
+    POSITION_POLICIES,
     SCHEMA_VERSION,
     CheckpointPaths,
+    RunPaths,
 )
 from pico_format.run import RunFormatError, read_json, write_json_atomic
 
-POSITION_POLICIES = ("last", "all", "sample", "mean")
+__all__ = [
+    "POSITION_POLICIES",
+    "CaptureManifest",
+    "CaptureReader",
+    "TensorInfo",
+    "capture_splits",
+    "load_capture",
+    "open_capture",
+    "write_capture",
+]
 
 
 @dataclass
@@ -165,8 +176,6 @@ def capture_splits(ckpt: CheckpointPaths) -> list[str]:
 
 def open_capture(run_dir, step: int, split: str) -> CaptureReader:
     """The capture of `split` at checkpoint `step` of the run in `run_dir`."""
-    from pico_format.layout import RunPaths
-
     return CaptureReader(RunPaths(run_dir).checkpoint(step), split)
 
 

@@ -5,17 +5,23 @@ RUN/
   config.yaml              the resolved training config
   log.jsonl                one JSON object per logged step (loss, lr, grad norm, tokens/s...)
   latest.json              pointer to the newest complete checkpoint
+  tensorboard/             TensorBoard event files (logging.tensorboard)
+  analysis/                pico-analyze's results table, plots and report for this run
   checkpoints/
     step_00000100/         one complete checkpoint (written as .tmp-step_00000100, renamed)
       config.json  model.safetensors  generation_config.json  tokenizer.json ...
                            the Hugging Face model files: AutoModelForCausalLM loads this folder
       eval.json            held-out loss and perplexity
+      benchmarks.json      `pico-train eval` results (lm-eval harness), see pico_format.benchmarks
       state/               training state for exact resume (pruned to the last K)
         optimizer.safetensors  rng.safetensors  trainer.json
       capture/<split>/     learning dynamics for split train | eval
         activations.safetensors  weights.safetensors  gradients.safetensors
         manifest.json  text.json
       checkpoint.json      written last: what this checkpoint holds
+
+Module names inside the files (``model.layers.3.self_attn.v_proj``) are defined in
+:mod:`pico_format.modules`.
 """
 
 from __future__ import annotations
@@ -31,13 +37,18 @@ CONFIG = "config.yaml"
 LOG = "log.jsonl"
 LATEST = "latest.json"
 CHECKPOINTS = "checkpoints"
+TENSORBOARD = "tensorboard"
+ANALYSIS = "analysis"
 TMP_PREFIX = ".tmp-"
+LOCK = ".lock"  # held (flock) by the one trainer writing the run
 
 # Inside a checkpoint
 MODEL_CONFIG = "config.json"
 MODEL_WEIGHTS = "model.safetensors"
 GENERATION_CONFIG = "generation_config.json"
+TOKENIZER = "tokenizer.json"  # the fast tokenizer; save_pretrained writes its companions beside
 EVAL = "eval.json"
+BENCHMARKS = "benchmarks.json"
 CHECKPOINT_MANIFEST = "checkpoint.json"
 STATE = "state"
 OPTIMIZER = "optimizer.safetensors"
@@ -47,7 +58,11 @@ CAPTURE = "capture"
 CAPTURE_MANIFEST = "manifest.json"
 CAPTURE_TEXT = "text.json"
 CAPTURE_KINDS = ("activations", "weights", "gradients")
-CAPTURE_SPLITS = ("train", "eval")
+TRAIN_SPLIT = "train"  # the batch the checkpoint's last optimizer step trained on
+EVAL_SPLIT = "eval"  # the fixed held-out batch, identical at every step and across runs
+CAPTURE_SPLITS = (TRAIN_SPLIT, EVAL_SPLIT)
+# Which token positions of a captured sequence become activation rows.
+POSITION_POLICIES = ("last", "all", "sample", "mean")
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
@@ -87,8 +102,16 @@ class CheckpointPaths:
         return self.root / GENERATION_CONFIG
 
     @property
+    def tokenizer(self) -> Path:
+        return self.root / TOKENIZER
+
+    @property
     def eval(self) -> Path:
         return self.root / EVAL
+
+    @property
+    def benchmarks(self) -> Path:
+        return self.root / BENCHMARKS
 
     @property
     def manifest(self) -> Path:
@@ -151,8 +174,20 @@ class RunPaths:
         return self.root / LATEST
 
     @property
+    def lock(self) -> Path:
+        return self.root / LOCK
+
+    @property
     def checkpoints(self) -> Path:
         return self.root / CHECKPOINTS
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / TENSORBOARD
+
+    @property
+    def analysis(self) -> Path:
+        return self.root / ANALYSIS
 
     def checkpoint(self, step: int) -> CheckpointPaths:
         return CheckpointPaths(self.checkpoints / step_dirname(step))

@@ -17,6 +17,7 @@ from pico_format import (
     clean_temporary,
     latest_step,
     list_checkpoints,
+    module_name,
     prune_states,
     read_run_info,
     write_capture,
@@ -110,11 +111,9 @@ def test_run_info_round_trip_and_newer_schema(tmp_path):
 
 def test_capture_write_read_round_trip(tmp_path):
     run = RunPaths(tmp_path)
-    acts = {
-        "model.layers.0.self_attn.v_proj": torch.randn(4, 8),
-        "model.layers.1.self_attn.v_proj": torch.randn(4, 8).bfloat16(),
-    }
-    weights = {"model.layers.0.self_attn.v_proj": torch.randn(8, 16)}
+    v_proj = [module_name(layer, "self_attn.v_proj") for layer in range(2)]
+    acts = {v_proj[0]: torch.randn(4, 8), v_proj[1]: torch.randn(4, 8).bfloat16()}
+    weights = {v_proj[0]: torch.randn(8, 16)}
     with checkpoint_transaction(run, 3) as ckpt:
         manifest = CaptureManifest(
             step=3,
@@ -131,13 +130,13 @@ def test_capture_write_read_round_trip(tmp_path):
     assert capture_splits(ckpt) == ["eval"]
     reader = CaptureReader(ckpt, "eval")
     assert reader.modules("activations") == list(acts)
-    assert reader.modules("weights") == ["model.layers.0.self_attn.v_proj"]
+    assert reader.modules("weights") == [v_proj[0]]
     for m, t in acts.items():
         assert torch.equal(reader.get("activations", m), t)
     assert reader.manifest.tensors["activations"][list(acts)[1]].dtype == "bfloat16"
     assert reader.manifest.batch_size == 4 and reader.texts() == ["a"] * 4
     with pytest.raises(KeyError, match="not captured"):
-        reader.get("weights", "model.layers.1.self_attn.v_proj")
+        reader.get("weights", v_proj[1])
     with pytest.raises(RunFormatError, match="no 'train' capture"):
         CaptureReader(ckpt, "train")
     # A plain path (str or Path) to the checkpoint folder reads the same capture.
@@ -184,3 +183,26 @@ def test_load_capture_by_step_split_kind_module(tmp_path):
         write_capture(ckpt, manifest, {"activations": {"m": t}})
     assert torch.equal(load_capture(tmp_path, 8, "train", "activations", "m"), t)
     assert open_capture(tmp_path, 8, "train").manifest.positions == "mean"
+
+
+def test_benchmarks_round_trip_and_rows(tmp_path):
+    from pico_format import benchmark_rows, read_benchmarks, write_benchmarks
+
+    ckpt = RunPaths(tmp_path).checkpoint(300)
+    ckpt.root.mkdir(parents=True)
+    assert read_benchmarks(ckpt) is None
+    data = {
+        "step": 300,
+        "harness": "lm-eval",
+        "harness_version": "0.4.13",
+        "limit": None,
+        "tasks": {"t": {"version": 1.0, "n_shot": 0, "metrics": {"acc": 0.5, "acc_stderr": 0.1}}},
+    }
+    assert write_benchmarks(ckpt, data) == ckpt.benchmarks == ckpt.root / "benchmarks.json"
+    assert read_benchmarks(ckpt.root) == data
+    assert benchmark_rows(data) == [
+        {"step": 300, "task": "t", "metric": "acc", "value": 0.5, "stderr": 0.1, "n_shot": 0}
+    ]
+    ckpt.benchmarks.write_text(json.dumps({"step": 1, "tasks": {}}))
+    with pytest.raises(RunFormatError, match="expected the keys"):
+        read_benchmarks(ckpt)

@@ -59,6 +59,20 @@ def float64(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.float64)
 
 
+def unit_max(x: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """``(x / m, m)`` with ``m = max_i |x_i|`` (``m = 1`` for an all-zero ``x``).
+
+    Sums of squares of ``x / m`` can neither overflow nor lose the largest entries to underflow
+    (float64 squares overflow beyond ~1.3e154 and vanish below ~1e-162), so a norm computed as
+    ``m * ||x / m||`` is exact to rounding at any magnitude. Scale-invariant metrics (Hoyer,
+    cosine similarity, CKA) use ``x / m`` directly.
+    """
+    m = float(x.abs().max())
+    if m == 0.0 or m == 1.0:
+        return x, 1.0
+    return x / m, m
+
+
 def working_eps(dtype: torch.dtype) -> float:
     """Machine epsilon used for rank tolerances of an input stored in ``dtype``.
 

@@ -1,14 +1,15 @@
 """Metrics between consecutive checkpoints: relative weight change, gradient cosine similarity.
 
 Both compare two tensors of the same shape (any shape: flattened), computed in float64 on the
-first tensor's device.
+first tensor's device, after scaling by the largest magnitude (both are scale invariant), so
+any finite magnitude works.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ._utils import as_tensor, float64, on_same_device
+from ._utils import as_tensor, float64, on_same_device, unit_max
 from .registry import MetricError, register_metric
 
 __all__ = ["gradient_cosine_similarity", "relative_weight_change"]
@@ -36,6 +37,9 @@ def relative_weight_change(previous: torch.Tensor, current: torch.Tensor) -> flo
     The difference is formed in float64, so it is exact for float32/bf16 inputs.
     """
     w_s, w_t = _same_shape(previous, current, ("previous", "current"))
+    scale = max(float(w_s.abs().max()), float(w_t.abs().max()))  # the ratio is scale invariant
+    if scale > 0.0:
+        w_s, w_t = w_s / scale, w_t / scale
     base = torch.linalg.vector_norm(w_s)
     if not float(base) > 0.0:
         raise MetricError(
@@ -53,6 +57,7 @@ def gradient_cosine_similarity(x: torch.Tensor, y: torch.Tensor) -> float:
     checkpoints (or from two batches). 1: same direction, 0: orthogonal, -1: opposite.
     """
     g1, g2 = _same_shape(x, y, ("x", "y"))
+    (g1, _), (g2, _) = unit_max(g1), unit_max(g2)  # scale invariant; no overflow in the norms
     n1, n2 = torch.linalg.vector_norm(g1), torch.linalg.vector_norm(g2)
     if not (float(n1) > 0.0 and float(n2) > 0.0):
         raise MetricError(

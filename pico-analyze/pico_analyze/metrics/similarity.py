@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ._utils import as_matrix, check_rtol, float64, on_same_device
+from ._utils import as_matrix, check_rtol, float64, on_same_device, unit_max
 from .registry import MetricError, register_metric
 
 __all__ = [
@@ -47,7 +47,7 @@ def _zero_variance(name: str) -> MetricError:
 
 def _centered(a: torch.Tensor, name: str) -> torch.Tensor:
     """Column-centred float64 copy of ``a``; raises if nothing but round-off is left."""
-    a = float64(a)
+    a, _ = unit_max(float64(a))  # every metric here is scale invariant: no overflow below
     c = a - a.mean(dim=0, keepdim=True)
     scale = float(torch.linalg.matrix_norm(a))
     if not float(torch.linalg.matrix_norm(c)) > 4 * a.shape[0] * torch.finfo(a.dtype).eps * scale:
@@ -176,6 +176,26 @@ def _cca_pair(x, y, what: str):
     return x, y
 
 
+def _check_joint_dimension(dim_x: int, dim_y: int, n: int, what: str, kept: str) -> None:
+    """Refuse when the two subspaces compared are too large for the samples.
+
+    After mean-centring, n samples span an (n-1)-dimensional space; two subspaces of it of
+    dimensions ``dim_x`` and ``dim_y`` intersect in at least ``dim_x + dim_y - (n - 1)``
+    dimensions, and every direction of the intersection is a canonical correlation of exactly 1
+    whatever the data (PWCCA's weights of those directions then depend on the basis chosen
+    inside the intersection, i.e. on column order). So ``dim_x + dim_y <= n - 1`` is required.
+    """
+    trivial = dim_x + dim_y - (n - 1)
+    if trivial > 0:
+        raise MetricError(
+            f"{what} compares {kept} of dimensions {dim_x} (x) and {dim_y} (y) on only {n} "
+            f"samples: after mean-centring they span at most {n - 1} dimensions, so at least "
+            f"{trivial} canonical correlation{'s are' if trivial > 1 else ' is'} 1 for any data. "
+            f"Use at least {dim_x + dim_y + 1} samples (in practice several times more), reduce "
+            "the features first, or use cka, which has no such limit"
+        )
+
+
 def _basis(a: torch.Tensor, rtol: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Orthonormal basis (n, r) of the centred column space of ``a`` and its singular values.
 
@@ -203,10 +223,12 @@ def canonical_correlations(
     ``max(shape) * eps`` of the input dtype), the canonical correlations are the singular
     values of ``Q_x^T Q_y`` (Björck & Golub 1973) -- no covariance inverse is formed.
     Returns a float64 tensor of length ``min(rank_x, rank_y)``. Requires
-    ``n_features <= n_samples - 2`` for both inputs (raises :class:`MetricError` otherwise).
+    ``rank_x + rank_y <= n_samples - 1`` (raises :class:`MetricError` otherwise): beyond it,
+    ``rank_x + rank_y - (n_samples - 1)`` correlations are 1 for any data.
     """
     x, y = _cca_pair(x, y, "CCA")
     _, _, (qx, _), (qy, _) = _bases(x, y, rtol)
+    _check_joint_dimension(qx.shape[1], qy.shape[1], x.shape[0], "CCA", "column spaces")
     return torch.linalg.svdvals(qx.T @ qy).clamp(0.0, 1.0)
 
 
@@ -228,8 +250,9 @@ def svcca(
     ``SVCCA = (1/c) sum_i rho_i`` (mean canonical correlation), in [0, 1].
 
     ``rtol`` is the relative singular-value tolerance below which directions count as zero
-    (default ``max(shape) * eps`` of the input dtype). Requires
-    ``n_features <= n_samples - 2`` for both inputs (before the SVD reduction).
+    (default ``max(shape) * eps`` of the input dtype). Requires ``n_features <= n_samples - 2``
+    for both inputs (before the SVD reduction) and ``k_x + k_y <= n_samples - 1`` (after it):
+    beyond that, ``k_x + k_y - (n_samples - 1)`` correlations are 1 for any data.
     """
     variance_kept = float(variance_kept)
     if not 0.0 < variance_kept <= 1.0:
@@ -243,7 +266,9 @@ def svcca(
         k = int((frac < variance_kept - 1e-12).sum()) + 1
         return q[:, : min(k, q.shape[1])]
 
-    rho = torch.linalg.svdvals(top(qx, sx).T @ top(qy, sy)).clamp(0.0, 1.0)
+    kx, ky = top(qx, sx), top(qy, sy)
+    _check_joint_dimension(kx.shape[1], ky.shape[1], x.shape[0], "SVCCA", "top singular subspaces")
+    rho = torch.linalg.svdvals(kx.T @ ky).clamp(0.0, 1.0)
     return float(rho.mean())
 
 
@@ -260,10 +285,13 @@ def pwcca(x: torch.Tensor, y: torch.Tensor, *, rtol: float | None = None) -> flo
 
     Not symmetric: the weights come from ``x`` (pass the reference representation as ``x``).
     CCA is computed in float64 from orthonormal bases (see :func:`canonical_correlations`);
-    ``rtol`` as there. Requires ``n_features <= n_samples - 2`` for both inputs.
+    ``rtol`` as there. Requires ``rank_x + rank_y <= n_samples - 1`` (for full-rank inputs,
+    ``p1 + p2 <= n_samples - 1``): beyond it some correlations are 1 for any data, and the
+    weights of those directions depend on the column order of the inputs.
     """
     x, y = _cca_pair(x, y, "PWCCA")
     a, _, (qx, _), (qy, _) = _bases(x, y, rtol)
+    _check_joint_dimension(qx.shape[1], qy.shape[1], x.shape[0], "PWCCA", "column spaces")
     u, rho, _ = torch.linalg.svd(qx.T @ qy, full_matrices=False)
     h = qx @ u  # (n, c) orthonormal canonical variates of x
     alpha = (h.T @ a).abs().sum(1)

@@ -1,12 +1,13 @@
 """Singular values for the spectral metrics: one exact decomposition per matrix.
 
 Effective rank, proportional effective rank, stable rank, condition number and the nuclear and
-spectral norms all start from the singular values of the same float64 matrix; they obtain them
-through :func:`singular_values`. Outside a :class:`SharedSingularValues` block that computes them;
-inside one (the runner opens one per checkpoint), the answer is memoised per tensor object and
-version counter (the memo holds the tensor, so its id cannot be reused), so all spectral metrics
-of a matrix share one decomposition. The memo lives in a context variable of this package: no
-library function is replaced.
+spectral norms all start from the singular values of the same matrix, computed in float64
+whatever the stored dtype (the metrics still take their rank tolerance from the stored dtype);
+they obtain them through :func:`singular_values`. Outside a :class:`SharedSingularValues` block
+that computes them; inside one (the runner opens one per checkpoint), the answer is memoised per
+tensor object and version counter (the memo holds the tensor, so its id cannot be reused), so all
+spectral metrics of a matrix share one decomposition. The memo lives in a context variable of
+this package: no library function is replaced.
 
 Routes, all backward stable (no Gram matrix is formed, so small singular values keep their
 accuracy) and all without singular vectors:
@@ -24,6 +25,8 @@ from __future__ import annotations
 from contextvars import ContextVar
 
 import torch
+
+from ._utils import float64
 
 __all__ = [
     "SharedSingularValues",
@@ -73,14 +76,14 @@ class SharedSingularValues:
         hit = self.memo.get(id(x))
         if hit is not None and hit[0] is x and hit[1] == x._version:
             return hit[2]
-        s = reduced_singular_values(x)
+        s = reduced_singular_values(float64(x))
         self.memo[id(x)] = (x, x._version, s)
         return s
 
     def prime(self, tensor: torch.Tensor, values: torch.Tensor | None) -> None:
-        """Record known singular values of `tensor` (e.g. from its low-rank factors)."""
+        """Record known singular values of `tensor` (e.g. from its low-rank factors), float64."""
         if self.enabled and values is not None:
-            self.memo[id(tensor)] = (tensor, tensor._version, values)
+            self.memo[id(tensor)] = (tensor, tensor._version, float64(values))
 
     def clear(self) -> None:
         self.memo.clear()
@@ -101,6 +104,7 @@ _ACTIVE: ContextVar[SharedSingularValues | None] = ContextVar("pico_singular_val
 
 
 def singular_values(x: torch.Tensor) -> torch.Tensor:
-    """Singular values of a 2-D tensor, descending (memoised inside SharedSingularValues)."""
+    """Singular values of a 2-D tensor in float64, descending (memoised per stored tensor
+    inside SharedSingularValues)."""
     shared = _ACTIVE.get()
-    return shared.lookup(x) if shared is not None else reduced_singular_values(x)
+    return shared.lookup(x) if shared is not None else reduced_singular_values(float64(x))

@@ -1,7 +1,8 @@
 """Sparsity measures of a tensor's entries: Gini index and Hoyer sparsity.
 
 Both take a tensor of any shape (weights, activations, gradients), flattened, and measure the
-magnitudes ``c = |x|``. Computed in float64. Both are 0 for a constant-magnitude tensor and
+magnitudes ``c = |x|``. Computed in float64, after dividing by ``max |x|`` (both are scale
+invariant), so any finite magnitude works. Both are 0 for a constant-magnitude tensor and
 increase towards 1 as the mass concentrates in few entries.
 """
 
@@ -18,10 +19,13 @@ __all__ = ["gini", "hoyer"]
 
 
 def _magnitudes(x, what: str) -> torch.Tensor:
+    """``|x|`` flattened, in float64, divided by its largest entry (both measures are scale
+    invariant, and sums of squares of values <= 1 cannot overflow)."""
     c = float64(as_tensor(x, "x")).reshape(-1).abs()
-    if not bool((c > 0).any()):
+    top = float(c.max())
+    if not top > 0.0:
         raise MetricError(f"{what} of an all-zero tensor is undefined (it has no mass)")
-    return c
+    return c / top
 
 
 @register_metric("gini", comparative=False)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ._utils import as_matrix, check_rtol, float64
+from ._utils import as_matrix, check_rtol
 from .registry import MetricError, register_metric
 from .singular_values import singular_values
 
@@ -25,7 +25,7 @@ __all__ = [
 
 def _singular_values(x, name: str = "x") -> tuple[torch.Tensor, torch.Tensor]:
     x = as_matrix(x, name)
-    s = singular_values(float64(x))
+    s = singular_values(x)  # float64, memoised on the stored tensor
     return x, s
 
 

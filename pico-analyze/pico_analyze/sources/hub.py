@@ -9,10 +9,14 @@ snapshot folder. Writes only into the Hugging Face cache.
 
 from __future__ import annotations
 
+import os
 import re
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 import huggingface_hub
+from huggingface_hub import constants
 
 from pico_analyze.load import Checkpoint, LoadRequest, ModelShape, Source, SourceError
 from pico_analyze.sources.original import OriginalRun
@@ -29,6 +33,33 @@ def parse_hub_spec(text: str, revision: str | None = None) -> tuple[str, str | N
         body, _, rev = body.partition("@")
         revision = revision or rev
     return (body, revision) if _REPO_ID.match(body) else None
+
+
+REACH_TIMEOUT_S = 5.0
+
+
+def check_reachable(what: str) -> None:
+    """Fail at once, in one line, when the Hub cannot be reached (huggingface_hub would retry
+    for half a minute first). Skipped in offline mode (``HF_HUB_OFFLINE=1``), where
+    huggingface_hub itself refuses network calls at once."""
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE"):
+        return
+    url = urlparse(constants.ENDPOINT)
+    host, port = (
+        url.hostname or "huggingface.co",
+        url.port or (443 if url.scheme == "https" else 80),
+    )
+    try:
+        socket.create_connection((host, port), timeout=REACH_TIMEOUT_S).close()
+    except OSError as err:
+        raise SourceError(
+            f"Cannot reach the Hugging Face Hub ({host}) for {what}: {err}. Analyse a local run "
+            f"directory, or set HF_HUB_OFFLINE=1 to use files already in the Hugging Face cache."
+        ) from None
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 class HubRun(Source):
@@ -57,7 +88,7 @@ class HubRun(Source):
         except Exception as err:  # network, auth, missing revision: all end the analysis
             raise SourceError(
                 f"Cannot download from Hugging Face repo '{self.repo_id}'"
-                f"{f' @ {self.revision}' if self.revision else ''}: {err}"
+                f"{f' @ {self.revision}' if self.revision else ''}: {_first_line(err)}"
             ) from None
         root = Path(root)
         if _COMMIT.match(root.name):
@@ -67,13 +98,14 @@ class HubRun(Source):
     def _open(self) -> PicoRun | OriginalRun:
         if self._inner is not None:
             return self._inner
+        where = f"'{self.repo_id}'" + (f" @ {self.revision}" if self.revision else "")
+        check_reachable(f"repo {where}")
         try:
             self.files = set(huggingface_hub.list_repo_files(self.repo_id, revision=self.revision))
         except Exception as err:
             raise SourceError(
-                f"Cannot list Hugging Face repo '{self.repo_id}'"
-                f"{f' @ {self.revision}' if self.revision else ''} (and no local directory "
-                f"'{self.repo_id}' exists): {err}"
+                f"Cannot list Hugging Face repo {where} (and no local directory "
+                f"'{self.repo_id}' exists): {_first_line(err)}"
             ) from None
         if PicoRun.detect_files(self.files):
             self.root = self._download(PicoRun.metadata_files(self.files))

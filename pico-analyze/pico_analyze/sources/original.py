@@ -19,6 +19,7 @@ name. Writes nothing.
 
 from __future__ import annotations
 
+import pickle
 import re
 from pathlib import Path, PurePosixPath
 
@@ -26,7 +27,6 @@ import torch
 import yaml
 
 from pico_analyze.load import (
-    KINDS,
     Checkpoint,
     LoadRequest,
     ModelShape,
@@ -34,9 +34,10 @@ from pico_analyze.load import (
     SourceError,
     SplitData,
     as_float32,
-    module_name,
 )
+from pico_format import CAPTURE_KINDS as KINDS
 from pico_format.layout import parse_step_dirname
+from pico_format.modules import module_name
 
 ORIGINAL_CONFIG = "training_config.yaml"
 ORIGINAL_CHECKPOINTS = "checkpoints"
@@ -186,11 +187,18 @@ class OriginalRun(Source):
     ) -> dict[str, torch.Tensor]:
         path = self.root / self._rel(step, split, kind)
         try:
-            raw = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # an old, non-zip file cannot be memory-mapped
-            raw = torch.load(path, map_location="cpu", weights_only=True)
-        except (OSError, EOFError) as err:
-            raise SourceError(f"Cannot read '{path}': {err}.") from None
+            try:
+                raw = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:  # an old, non-zip file cannot be memory-mapped
+                raw = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            # weights_only refused an object that is not a tensor container: loading it would
+            # run code, so it is not loaded (torch's hint to pass weights_only=False is not ours)
+            raise SourceError(
+                f"'{path}' holds pickled code (objects other than tensors), so it was not loaded."
+            ) from None
+        except (OSError, EOFError, RuntimeError) as err:
+            raise SourceError(f"Cannot read '{path}': {str(err).splitlines()[0]}.") from None
         if not isinstance(raw, dict):
             raise SourceError(f"'{path}' holds a {type(raw).__name__}, not a dict of tensors.")
         out = {}

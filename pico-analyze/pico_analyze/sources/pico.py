@@ -20,7 +20,6 @@ from pico_analyze.load import (
     SourceError,
     SplitData,
     as_float32,
-    parse_module,
 )
 from pico_format import (
     CaptureReader,
@@ -42,6 +41,7 @@ from pico_format.layout import (
     RUN_INFO,
     parse_step_dirname,
 )
+from pico_format.modules import RESIDUAL, module_name, weight_name
 
 # Small files fetched first from a Hub copy: they list the steps, splits and modules.
 METADATA_NAMES = {
@@ -135,9 +135,13 @@ class PicoRun(Source):
         for split in capture_splits(ckpt):
             manifest = CaptureReader(ckpt, split).manifest
             for module in manifest.modules:
-                parsed = parse_module(module)
-                if parsed and parsed[1] not in out:
-                    out.append(parsed[1])
+                layer = manifest.layers.get(module, -1)  # the manifest says which block
+                if layer < 0:
+                    continue  # outside the blocks (embeddings, head)
+                block = module_name(layer, RESIDUAL)
+                suffix = RESIDUAL if module == block else module.removeprefix(f"{block}.")
+                if suffix not in out:
+                    out.append(suffix)
         return out
 
     # -- reading -------------------------------------------------------------------------------
@@ -198,8 +202,8 @@ class PicoRun(Source):
                 with safe_open(str(ckpt.model_weights), framework="pt") as f:
                     keys = set(f.keys())
                     for m in from_model:
-                        if f"{m}.weight" in keys:
-                            out.weights[m] = as_float32(f.get_tensor(f"{m}.weight"), device)
+                        if weight_name(m) in keys:
+                            out.weights[m] = as_float32(f.get_tensor(weight_name(m)), device)
             except (SafetensorError, OSError) as err:
                 raise SourceError(f"Corrupt weights file '{ckpt.model_weights}': {err}.") from None
         return out
