@@ -28,7 +28,15 @@ import pandas as pd
 from pico_analyze import scores
 from pico_analyze.layer_similarity import CSV_NAME as LAYER_CSV
 from pico_analyze.table import COLUMNS, CSV_NAME, PARQUET_NAME
-from pico_format import CaptureReader, RunFormatError, RunPaths, list_checkpoints, read_json
+from pico_format import (
+    CaptureReader,
+    RunFormatError,
+    RunPaths,
+    benchmark_rows,
+    list_checkpoints,
+    read_benchmarks,
+    read_json,
+)
 
 __all__ = [
     "run",
@@ -142,26 +150,18 @@ def load_eval(run_dir: str | Path) -> pd.DataFrame:
 
 
 def load_benchmarks(run_dir: str | Path) -> pd.DataFrame:
-    """Benchmark scores per checkpoint (benchmarks.json), one row per (step, task, metric)."""
+    """Benchmark scores per checkpoint (benchmarks.json), one row per (step, task, metric):
+    step, task, metric, value, stderr, n_shot, limit."""
     run = RunPaths(run_dir)
     records = []
     for s in checkpoints(run_dir):
-        bench = scores.read_benchmarks(run.checkpoint(s))
-        for task, entry in sorted((bench or {}).get("tasks", {}).items()):
-            for metric, value in sorted(entry["metrics"].items()):
-                if not scores.is_score(value):
-                    continue
-                records.append(
-                    {
-                        "step": s,
-                        "task": task,
-                        "metric": metric,
-                        "value": value,
-                        "n_shot": entry.get("n_shot"),
-                        "limit": bench.get("limit"),
-                    }
-                )
-    return pd.DataFrame(records, columns=["step", "task", "metric", "value", "n_shot", "limit"])
+        bench = read_benchmarks(run.checkpoint(s))
+        if bench:
+            records += [
+                {**b, "step": s, "limit": bench.get("limit")} for b in benchmark_rows(bench)
+            ]
+    columns = ["step", "task", "metric", "value", "stderr", "n_shot", "limit"]
+    return pd.DataFrame(records, columns=columns)
 
 
 def read_capture(checkpoint: str | Path, split: str = "eval") -> CaptureReader:

@@ -15,8 +15,8 @@ table, the plots and the report treat them like any metric:
     TASK/METRIC      benchmark   -      e.g. ``hellaswag/acc``; module = the task;
                                         ``*_stderr`` entries are rows too
 
-benchmarks.json: ``{"step": N, "harness": "lm-eval", "harness_version": "...", "limit": L|null,
-"tasks": {TASK: {"version": ..., "n_shot": k, "metrics": {"acc": v, "acc_stderr": s, ...}}}}``.
+benchmarks.json is read with :func:`pico_format.read_benchmarks` (its schema is documented in
+``pico_format.benchmarks``).
 
 :func:`tokens_seen` maps each step to the tokens trained on before it (from the log, else
 step x global batch x sequence length from the run's config) for the table's ``tokens_seen``.
@@ -31,8 +31,7 @@ from pathlib import Path
 import yaml
 
 from pico_analyze.table import Row
-from pico_format import RunFormatError, RunPaths, read_json
-from pico_format.layout import CheckpointPaths
+from pico_format import RunPaths, benchmark_rows, read_benchmarks, read_json
 
 TRAIN_LOSS, EVAL_LOSS, EVAL_PPL = "train_loss", "eval_loss", "eval_perplexity"
 LOSS_KIND, BENCHMARK_KIND, MODEL_LAYER = "loss", "benchmark", -1
@@ -61,31 +60,6 @@ def read_log(run_dir: str | Path) -> list[dict]:
         except json.JSONDecodeError:
             break  # a run killed mid-write leaves at most one torn line, the last
     return records
-
-
-def benchmarks_path(ckpt: CheckpointPaths) -> Path:
-    """Where a checkpoint's benchmark scores live (pico_format's name when it defines one)."""
-    defined = getattr(type(ckpt), "benchmarks", None)
-    return ckpt.benchmarks if defined is not None else ckpt.root / "benchmarks.json"
-
-
-def read_benchmarks(ckpt: CheckpointPaths) -> dict | None:
-    """A checkpoint's benchmarks.json, checked against the schema, or None when absent."""
-    path = benchmarks_path(ckpt)
-    if not path.is_file():
-        return None
-    raw = read_json(path)
-    tasks = raw.get("tasks") if isinstance(raw, dict) else None
-    if not isinstance(tasks, dict) or not all(
-        isinstance(t, dict) and isinstance(t.get("metrics"), dict) for t in tasks.values()
-    ):
-        raise RunFormatError(f"'{path}' is not a benchmarks file: expected tasks.TASK.metrics.")
-    return raw
-
-
-def is_score(value) -> bool:
-    """A number (lm-eval also stores strings such as `alias` among a task's metrics)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _row(run: str, step: int, metric: str, kind: str, split, module: str, value, note="") -> Row:
@@ -138,9 +112,13 @@ def score_rows(source, steps: list[int]) -> tuple[list[Row], list[str]]:
         else:
             missing_eval.append(step)
         bench = read_benchmarks(ckpt)
-        for task, entry in sorted((bench or {}).get("tasks", {}).items()):
-            for metric, value in sorted(entry["metrics"].items()):
-                if is_score(value):
+        for b in benchmark_rows(bench) if bench else []:
+            for metric, value in (
+                (b["metric"], b["value"]),
+                (f"{b['metric']}_stderr", b["stderr"]),
+            ):
+                if value is not None:
+                    task = b["task"]
                     rows.append(
                         _row(name, step, f"{task}/{metric}", BENCHMARK_KIND, None, task, value)
                     )

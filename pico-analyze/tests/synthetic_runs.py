@@ -182,11 +182,11 @@ def make_original_run(
 def add_scores(root: Path, tokens_per_step: int = 64, benchmarks: bool = True) -> Path:
     """Give a synthetic run what pico-train writes beside the captures: a training log (one
     record per step, plus eval records), eval.json per checkpoint and, optionally, lm-eval
-    scores (benchmarks.json, the schema pico_analyze.scores documents)."""
+    scores (benchmarks.json, written with pico_format.write_benchmarks)."""
     import json
     import math
 
-    from pico_format import list_checkpoints, write_json_atomic
+    from pico_format import list_checkpoints, write_benchmarks, write_json_atomic
 
     run = RunPaths(root)
     steps = list_checkpoints(run)
@@ -202,8 +202,8 @@ def add_scores(root: Path, tokens_per_step: int = 64, benchmarks: bool = True) -
         )
         if benchmarks:
             acc = 0.25 + 0.01 * step
-            write_json_atomic(
-                ckpt.root / "benchmarks.json",
+            write_benchmarks(
+                ckpt,
                 {
                     "step": step,
                     "harness": "lm-eval",
@@ -213,7 +213,7 @@ def add_scores(root: Path, tokens_per_step: int = 64, benchmarks: bool = True) -
                         "arc_easy": {
                             "version": 1,
                             "n_shot": 0,
-                            "metrics": {"acc": acc, "acc_stderr": 0.1, "alias": "arc_easy"},
+                            "metrics": {"acc": acc, "acc_stderr": 0.1},
                         }
                     },
                 },

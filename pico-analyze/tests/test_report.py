@@ -170,7 +170,8 @@ def test_notebook_api(compared, scored_runs):
     assert list(ev["step"]) == [0, 1, 2, 4, 8, 16, 32]
     assert math.isclose(ev["eval_perplexity"].iloc[0], math.exp(6.0))
     bench = pa.load_benchmarks(scored_runs[0])
-    assert set(bench["metric"]) == {"acc", "acc_stderr"} and bench["limit"].iloc[0] == 16
+    assert set(bench["metric"]) == {"acc"} and bench["limit"].iloc[0] == 16
+    assert bench["stderr"].iloc[0] == pytest.approx(0.1)
     layers = pa.load_layer_similarity(compared.out_dir)
     assert {"run_a", "layer_a", "run_b", "layer_b", "cka", "p_value"} <= set(layers.columns)
     cap = pa.read_capture(scored_runs[0] / "checkpoints" / "step_00000032", "eval")

@@ -26,7 +26,7 @@ def test_score_rows_read_log_eval_and_benchmarks(scored_runs):
     assert bench.kind == "benchmark" and bench.module == "arc_easy"
     assert bench.value == pytest.approx(0.29)
     assert ("arc_easy/acc_stderr", 4) in by
-    assert not any(r.metric == "arc_easy/alias" for r in rows)  # strings are not scores
+    assert by[("arc_easy/acc_stderr", 4)].value == pytest.approx(0.1)
 
 
 def test_tokens_seen_from_log_and_from_config(scored_runs, tmp_path):
@@ -65,7 +65,7 @@ def test_torn_log_line_and_bad_benchmarks_file(tmp_path, scored_runs):
     log = RunPaths(copy).log
     log.write_text(log.read_text() + '{"step": 99, "lo')
     assert scores.read_log(copy)[-1]["step"] == 32
-    bench = scores.benchmarks_path(RunPaths(copy).checkpoint(4))
+    bench = RunPaths(copy).checkpoint(4).benchmarks
     bench.write_text(json.dumps({"tasks": {"arc_easy": {"acc": 0.3}}}))
-    with pytest.raises(RunFormatError, match="not a benchmarks file"):
+    with pytest.raises(RunFormatError, match="expected the keys"):
         scores.score_rows(PicoRun(copy), [4])

@@ -369,7 +369,7 @@ def find_checkpoints(
     checkpoint of the run. Raises RunFormatError naming what is missing.
     """
     path = Path(path)
-    if (path / "config.json").is_file():
+    if CheckpointPaths(path).model_config.is_file():
         ckpt = CheckpointPaths(path)
         if steps is None:
             return [ckpt]

@@ -27,6 +27,7 @@ import torch
 from safetensors.torch import save_file
 
 from pico_format import CheckpointPaths, RunFormatError, write_json_atomic
+from pico_format.layout import GENERATION_CONFIG, MODEL_CONFIG, MODEL_WEIGHTS
 from pico_train.checkpoint import (
     checkpoint_step,
     find_checkpoints,
@@ -44,7 +45,7 @@ __all__ = ["DTYPES", "ExportError", "ExportResult", "export_checkpoint"]
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 _DTYPE_NAMES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 MAX_SHARD_SIZE = "5GB"  # transformers' and the Hub's shard size for safetensors
-WEIGHTS_NAME = "model.safetensors"
+WEIGHTS_NAME = MODEL_WEIGHTS
 INDEX_NAME = "model.safetensors.index.json"
 
 
@@ -62,7 +63,7 @@ class ExportResult:
 
 
 def _load_tokenizer(ckpt: CheckpointPaths):
-    if not (ckpt.root / "tokenizer.json").is_file():
+    if not ckpt.tokenizer.is_file():
         return None
     from transformers import AutoTokenizer
 
@@ -119,7 +120,7 @@ def export_checkpoint(
             check_gguf_exportable(model.config, tokenizer, gguf)
     except (RunFormatError, GGUFExportError) as err:
         raise ExportError(str(err)) from None
-    c = model.config
+    shape = model.config
     state = {k: v.detach().to(DTYPES[dtype]).contiguous() for k, v in model.state_dict().items()}
     run = run_of(ckpt)
     name = run.root.name if run is not None else ckpt.root.name
@@ -132,12 +133,13 @@ def export_checkpoint(
     tmp.mkdir()
     try:
         ids = special_token_ids(tokenizer)
-        config = hf_config(c, **ids)
+        config = hf_config(shape, **ids)
         config["torch_dtype"] = config["dtype"] = _DTYPE_NAMES[dtype]
-        write_json_atomic(tmp / "config.json", config)
+        folder = CheckpointPaths(tmp)  # an export is a model folder: the same file names
+        write_json_atomic(folder.model_config, config)
         generation = {k: v for k, v in ids.items() if v is not None}
-        write_json_atomic(tmp / "generation_config.json", {**generation, "do_sample": False})
-        result.files = ["config.json", "generation_config.json"]
+        write_json_atomic(folder.generation_config, {**generation, "do_sample": False})
+        result.files = [MODEL_CONFIG, GENERATION_CONFIG]
         result.files += _write_weights(tmp, state, max_shard_size)
         if tokenizer is not None:
             save_tokenizer(tokenizer, tmp)
@@ -146,7 +148,7 @@ def export_checkpoint(
         if gguf is not None:
             gguf_name = f"{name}{'' if step is None else f'-step{step}'}-{gguf}.gguf"
             full = {k: v.detach() for k, v in model.state_dict().items()}
-            write_gguf(tmp / gguf_name, full, c, tokenizer, gguf, name=name, progress=progress)
+            write_gguf(tmp / gguf_name, full, shape, tokenizer, gguf, name=name, progress=progress)
             result.files.append(gguf_name)
         card = render_model_card(
             ckpt,

@@ -92,20 +92,21 @@ def _tokenizer_spec(tokenizer) -> tuple[dict, str]:
     return spec, pre
 
 
-def check_gguf_exportable(c: ModelConfig, tokenizer, gguf_type: str) -> None:
+def check_gguf_exportable(shape: ModelConfig, tokenizer, gguf_type: str) -> None:
     """Raise GGUFExportError naming the first thing llama.cpp cannot represent."""
     if gguf_type not in GGUF_TYPES:
         raise GGUFExportError(f"unknown GGUF type '{gguf_type}'; choose one of {list(GGUF_TYPES)}.")
-    if c.n_heads % c.n_kv_heads:
+    if shape.n_heads % shape.n_kv_heads:
         raise GGUFExportError(
-            f"n_heads={c.n_heads} is not a multiple of n_kv_heads={c.n_kv_heads}."
+            f"n_heads={shape.n_heads} is not a multiple of n_kv_heads={shape.n_kv_heads}."
         )
-    if c.head_dim % 2 or c.head_dim * c.n_heads != c.d_model:
+    if shape.head_dim % 2 or shape.head_dim * shape.n_heads != shape.d_model:
         raise GGUFExportError(
-            f"head_dim={c.head_dim} must be even and n_heads * head_dim equal d_model={c.d_model}."
+            f"head_dim={shape.head_dim} must be even and n_heads * head_dim equal "
+            f"d_model={shape.d_model}."
         )
     if gguf_type == "q8_0":
-        for name, width in (("d_model", c.d_model), ("mlp_hidden", c.mlp_hidden)):
+        for name, width in (("d_model", shape.d_model), ("mlp_hidden", shape.mlp_hidden)):
             if width % _Q8_BLOCK:
                 raise GGUFExportError(
                     f"q8_0 quantizes rows in blocks of {_Q8_BLOCK} but {name}={width} is not a "
@@ -114,9 +115,9 @@ def check_gguf_exportable(c: ModelConfig, tokenizer, gguf_type: str) -> None:
     if tokenizer is None:
         raise GGUFExportError("the checkpoint has no tokenizer files to embed in the GGUF.")
     _tokenizer_spec(tokenizer)
-    if len(tokenizer) > c.vocab_size:
+    if len(tokenizer) > shape.vocab_size:
         raise GGUFExportError(
-            f"the tokenizer has {len(tokenizer)} tokens, more than vocab_size={c.vocab_size}."
+            f"the tokenizer has {len(tokenizer)} tokens, more than vocab_size={shape.vocab_size}."
         )
 
 
@@ -160,7 +161,7 @@ def _tensor_data(name: str, w: torch.Tensor, gguf_type: str):
 def write_gguf(
     path: Path,
     state: dict[str, torch.Tensor],
-    c: ModelConfig,
+    shape: ModelConfig,
     tokenizer,
     gguf_type: str,
     *,
@@ -170,27 +171,27 @@ def write_gguf(
     """Write `state` (float weights, our/transformers names) as a llama GGUF file at `path`."""
     import gguf
 
-    check_gguf_exportable(c, tokenizer, gguf_type)
+    check_gguf_exportable(shape, tokenizer, gguf_type)
     arch = gguf.MODEL_ARCH.LLAMA
-    names = gguf.get_tensor_name_map(arch, c.n_layers)
+    names = gguf.get_tensor_name_map(arch, shape.n_layers)
     writer = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[arch])
     writer.add_name(name)
-    writer.add_context_length(c.max_seq_len)
-    writer.add_embedding_length(c.d_model)
-    writer.add_block_count(c.n_layers)
-    writer.add_feed_forward_length(c.mlp_hidden)
-    writer.add_head_count(c.n_heads)
-    writer.add_head_count_kv(c.n_kv_heads)
-    writer.add_rope_dimension_count(c.head_dim)
-    writer.add_rope_freq_base(c.rope_theta)
-    writer.add_layer_norm_rms_eps(c.norm_eps)
-    writer.add_vocab_size(c.vocab_size)
+    writer.add_context_length(shape.max_seq_len)
+    writer.add_embedding_length(shape.d_model)
+    writer.add_block_count(shape.n_layers)
+    writer.add_feed_forward_length(shape.mlp_hidden)
+    writer.add_head_count(shape.n_heads)
+    writer.add_head_count_kv(shape.n_kv_heads)
+    writer.add_rope_dimension_count(shape.head_dim)
+    writer.add_rope_freq_base(shape.rope_theta)
+    writer.add_layer_norm_rms_eps(shape.norm_eps)
+    writer.add_vocab_size(shape.vocab_size)
     writer.add_file_type(
         gguf.LlamaFileType.MOSTLY_F16 if gguf_type == "f16" else gguf.LlamaFileType.MOSTLY_Q8_0
     )
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
-    tokens, types, merges, pre = _vocab_arrays(tokenizer, c.vocab_size)
+    tokens, types, merges, pre = _vocab_arrays(tokenizer, shape.vocab_size)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)
@@ -210,9 +211,9 @@ def write_gguf(
             raise GGUFExportError(f"no GGUF name for tensor '{key}'.")
         w = w.detach().to("cpu", torch.float32)
         if key.endswith("self_attn.q_proj.weight"):
-            w = permute_qk(w, c.n_heads)
+            w = permute_qk(w, shape.n_heads)
         elif key.endswith("self_attn.k_proj.weight"):
-            w = permute_qk(w, c.n_kv_heads)
+            w = permute_qk(w, shape.n_kv_heads)
         data, raw = _tensor_data(key, w, gguf_type)
         writer.add_tensor(gguf_name, data, raw_dtype=raw)
     writer.write_header_to_file()

@@ -115,8 +115,8 @@ def render_model_card(
     tokenizer_size: int | None,
 ) -> str:
     """The Markdown model card of checkpoint `ckpt` exported in `dtype` as `files`."""
-    c = model_config_from_hf(read_json(ckpt.model_config), str(ckpt.model_config))
-    counts = parameter_counts(c)
+    shape = model_config_from_hf(read_json(ckpt.model_config), str(ckpt.model_config))
+    counts = parameter_counts(shape)
     config = yaml.safe_load(run.config.read_text()) if run and run.config.is_file() else {}
     data, training = config.get("data", {}), config.get("training", {})
     info = _read_optional(run.info) if run else None
@@ -125,7 +125,7 @@ def render_model_card(
     bench = read_benchmarks(ckpt)
     log = _log(run)
     step = checkpoint_step(ckpt)
-    seq_len = data.get("seq_len") or c.max_seq_len
+    seq_len = data.get("seq_len") or shape.max_seq_len
     batch = training.get("global_batch_size")
     tokens = (trainer or {}).get("counters", {}).get("tokens_seen")
     if tokens is None and step is not None:
@@ -145,18 +145,18 @@ def render_model_card(
         "|---|---|",
         "| architecture | LLaMA-style decoder (`LlamaForCausalLM`): pre-norm RMSNorm, RoPE, "
         "grouped-query attention, SwiGLU MLP, untied input/output embeddings |",
-        f"| layers | {c.n_layers} |",
-        f"| d_model | {c.d_model} |",
-        f"| attention heads | {c.n_heads} (key/value heads {c.n_kv_heads}, "
-        f"head dim {c.head_dim}) |",
-        f"| MLP hidden (SwiGLU) | {c.mlp_hidden} |",
-        f"| vocabulary rows | {c.vocab_size:,} |",
-        f"| context | {c.max_seq_len:,} tokens (trained at {seq_len:,}) |",
-        f"| RoPE base | {c.rope_theta:g} |",
-        f"| RMSNorm eps | {c.norm_eps:g} |",
+        f"| layers | {shape.n_layers} |",
+        f"| d_model | {shape.d_model} |",
+        f"| attention heads | {shape.n_heads} (key/value heads {shape.n_kv_heads}, "
+        f"head dim {shape.head_dim}) |",
+        f"| MLP hidden (SwiGLU) | {shape.mlp_hidden} |",
+        f"| vocabulary rows | {shape.vocab_size:,} |",
+        f"| context | {shape.max_seq_len:,} tokens (trained at {seq_len:,}) |",
+        f"| RoPE base | {shape.rope_theta:g} |",
+        f"| RMSNorm eps | {shape.norm_eps:g} |",
         f"| parameters | {counts['total']:,} ({counts['non_embedding']:,} without embeddings) |",
         "",
-        f"Tokenizer: {_tokenizer_line(data.get('tokenizer'), tokenizer_size, c.vocab_size)}.",
+        f"Tokenizer: {_tokenizer_line(data.get('tokenizer'), tokenizer_size, shape.vocab_size)}.",
         "",
         "## Training",
         "",

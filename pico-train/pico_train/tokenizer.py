@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pico_format import atomic_path, write_json_atomic
+from pico_format.layout import TOKENIZER
 from pico_train.config import RunConfig
 from pico_train.corpus import DataError, cache_root, open_corpus, texts_hash
 
@@ -150,9 +151,9 @@ def _tokenizer_folder(name: str, path: Path) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     try:
-        if (path / "tokenizer_config.json").is_file() or not (path / "tokenizer.json").is_file():
+        if (path / "tokenizer_config.json").is_file() or not (path / TOKENIZER).is_file():
             return AutoTokenizer.from_pretrained(str(path))
-        return PreTrainedTokenizerFast(tokenizer_file=str(path / "tokenizer.json"))
+        return PreTrainedTokenizerFast(tokenizer_file=str(path / TOKENIZER))
     except Exception as err:
         raise DataError(
             f"data.tokenizer folder '{name}' holds no loadable tokenizer files "
@@ -242,7 +243,7 @@ def bpe_cache_path(
 ) -> Path:
     """Where train_bpe_tokenizer keeps the tokenizer.json for these inputs."""
     key = hashlib.sha256(f"{BPE_VERSION}|{vocab_size}|{texts_hash(texts)}".encode()).hexdigest()
-    return cache_root(cache_dir) / "tokenizers" / key[:32] / "tokenizer.json"
+    return cache_root(cache_dir) / "tokenizers" / key[:32] / TOKENIZER
 
 
 def train_bpe_tokenizer(

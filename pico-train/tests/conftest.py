@@ -16,12 +16,6 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
         monkeypatch.setenv("PICO_CACHE", str(tmp_path_factory.getbasetemp() / "pico-cache"))
 
 
-def pytest_configure(config):
-    config.addinivalue_line(
-        "markers", "slow: end-to-end subprocess tests (deselect with -m 'not slow')"
-    )
-
-
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory):
     # The folder _isolated_cache points PICO_CACHE at, so load_tokenizer finds this session's BPE.
