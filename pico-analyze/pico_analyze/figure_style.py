@@ -12,8 +12,11 @@ can be drawn in any thread or process, with no display.
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
 import re
 import shutil
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -162,16 +165,20 @@ def set_y_scale(ax, values) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def figure(n: int, cols: int = MAX_COLS, w: float = PANEL_W, h: float = PANEL_H):
-    """A figure with n panels on a grid; fixed margins (no constrained layout: one draw)."""
+def figure(
+    n: int, cols: int = MAX_COLS, w: float = PANEL_W, h: float = PANEL_H, legend_rows: int = 0
+):
+    """A figure with n panels on a grid; fixed margins (no constrained layout: one draw);
+    `legend_rows` reserves room below the panels for a figure legend."""
     cols = max(1, min(cols, n))
     rows = math.ceil(n / cols)
-    width, height = w * cols, h * rows + 0.7
+    below = 0.65 + 0.17 * legend_rows + (0.15 if legend_rows else 0)
+    width, height = w * cols, h * rows + 0.15 + below
     fig = Figure(figsize=(width, height))
     fig.subplots_adjust(
         left=0.95 / width,
         right=1 - 0.3 / width,
-        bottom=0.65 / height,
+        bottom=below / height,
         top=1 - 0.8 / height,
         wspace=0.45,
         hspace=0.55,
@@ -183,6 +190,17 @@ def figure(n: int, cols: int = MAX_COLS, w: float = PANEL_W, h: float = PANEL_H)
         ax.tick_params(labelsize=7)
         ax.grid(True, alpha=0.25, linewidth=0.5)
     return fig, axes[:n]
+
+
+def figure_legend(fig, ax, n_cols: int = 4) -> None:
+    """One legend for the whole figure, below the panels (the entries of `ax`)."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=n_cols, fontsize=7, frameon=False)
+
+
+def legend_rows(n_entries: int, n_cols: int = 4) -> int:
+    return math.ceil(n_entries / n_cols)
 
 
 def fresh_dir(out_dir: Path) -> Path:
@@ -202,3 +220,44 @@ def save(fig: Figure, folder: Path, stem: str, opts: FiguresConfig) -> list[Path
         fig.savefig(path, dpi=opts.dpi, format=fmt)
         paths.append(path)
     return paths
+
+
+# ----------------------------------------------------------------------------------------------
+# Drawing several figures
+# ----------------------------------------------------------------------------------------------
+
+MAX_FIGURE_WORKERS, FIGURES_PER_WORKER = 4, 3
+_JOBS: list[tuple] = []  # the jobs of the current render(), inherited by forked workers
+
+
+def _run_job(i: int) -> list[Path]:
+    fn, args = _JOBS[i]
+    return fn(*args)
+
+
+def figure_workers(n_jobs: int) -> int:
+    """Processes worth forking for `n_jobs` figures: one per available core (at most 4), each
+    drawing at least 3 figures; 1 where fork is unavailable. Called after the analysis's own
+    workers have finished, so the cores are free (never more processes than cores)."""
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cores or 1, MAX_FIGURE_WORKERS, n_jobs // FIGURES_PER_WORKER))
+
+
+def render(jobs: list[tuple]) -> list[Path]:
+    """Run figure jobs ``(fn, args) -> [paths]``; in forked processes when that helps (each
+    figure is its own ``Figure`` object: no shared pyplot state). Paths come back in job order."""
+    global _JOBS
+    workers = figure_workers(len(jobs))
+    if workers <= 1:
+        return [p for fn, args in jobs for p in fn(*args)]
+    _JOBS = jobs
+    try:
+        # fork: the workers inherit the rows in memory (nothing is pickled on the way in).
+        ctx = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            results = list(pool.map(_run_job, range(len(jobs))))
+    finally:
+        _JOBS = []
+    return [p for paths in results for p in paths]

@@ -32,7 +32,7 @@ from matplotlib import colormaps
 
 from pico_analyze import figure_style as fs
 from pico_analyze.config import FiguresConfig
-from pico_analyze.plots_layers import plot_layer_matrices
+from pico_analyze.plots_layers import layer_matrix_jobs
 from pico_analyze.scores import EVAL_LOSS, LOSS_KIND
 from pico_analyze.table import Row
 
@@ -86,7 +86,9 @@ def _layer_name(layer: int) -> str:
     return "model" if layer < 0 else f"layer {layer}"
 
 
-def _layer_lines(ax, rows: list[Row], opts: FiguresConfig, runs: list[str] | None = None):
+def _layer_lines(
+    ax, rows: list[Row], opts: FiguresConfig, runs: list[str] | None = None, legend: bool = True
+):
     styles = ["-", "--", ":", "-."]
     layers = sorted({r.layer for r in rows})
     cmap = colormaps["viridis"]
@@ -96,7 +98,7 @@ def _layer_lines(ax, rows: list[Row], opts: FiguresConfig, runs: list[str] | Non
         style = styles[runs.index(run) % len(styles)] if runs else "-"
         label = _layer_name(layer) + (f", {run}" if runs and len(runs) > 1 else "")
         ax.plot(list(pts), list(pts.values()), style, color=color, marker=".", ms=4, label=label)
-    if 1 < len(series) <= 12:
+    if legend and 1 < len(series) <= 12:
         ax.legend(fontsize=6, ncol=2 if len(series) > 6 else 1)
     return [x for pts in series.values() for x in pts], [
         v for p in series.values() for v in p.values()
@@ -217,12 +219,12 @@ def plot_run(
     folder = fs.fresh_dir(out_dir)
     rows = per_step_rows(rows) if opts.normalize_previous else rows
     run = rows[0].run if rows else None
-    written = _loss_figure(folder, rows, logs or {}, opts, [run] if run else [])
+    jobs = [(_loss_figure, (folder, rows, logs or {}, opts, [run] if run else []))]
     plain = [r for r in rows if not fs.is_cross(r) and r.kind != LOSS_KIND]
     for label, lrows in _by_label(plain).items():
-        written += _metric_figures(folder, label, lrows, opts, run)
-    written += plot_layer_matrices(pairs or [], folder, opts)
-    return written
+        jobs.append((_metric_figures, (folder, label, lrows, opts, run)))
+    jobs += layer_matrix_jobs(pairs or [], folder, opts)
+    return fs.render(jobs)
 
 
 def _overlaid(folder, label, lrows, runs, opts) -> list[Path]:
@@ -248,7 +250,8 @@ def _overlaid(folder, label, lrows, runs, opts) -> list[Path]:
         fs.set_y_scale(ax, ys_all)
         ax.set_title(fs.panel_title(grows[0]), fontsize=8, y=1.0, pad=4)
         ax.set_ylabel(name, fontsize=8)
-        ax.legend(fontsize=6)
+        if ax is axes[0]:
+            ax.legend(fontsize=6)
     ref = fs.reference_text(lrows)
     fig.suptitle(
         f"{name} {ref}".strip() + ": runs overlaid (line: mean over layers; band: min..max)",
@@ -257,12 +260,12 @@ def _overlaid(folder, label, lrows, runs, opts) -> list[Path]:
     return fs.save(fig, folder, label, opts)
 
 
-def _null_band(ax, pairs, run: str, module: str, opts, steps_x: dict[int, float]) -> None:
+def _null_band(ax, pairs, runs: list[str], module: str, steps_x: dict[int, float]) -> None:
     """Grey band: the permutation null (2.5..97.5%) of same-index cross-run CKA, mean over
-    layers, at each step where it was computed."""
+    layers and runs, at each step where it was computed."""
     acc: dict[int, list[tuple[float, float]]] = defaultdict(list)
     for p in pairs:
-        if p.run_b == run and not p.within and p.module == module and p.layer_a == p.layer_b:
+        if p.run_b in runs and not p.within and p.module == module and p.layer_a == p.layer_b:
             if math.isfinite(p.null_low) and math.isfinite(p.null_high):
                 acc[p.step].append((p.null_low, p.null_high))
     pts = sorted(
@@ -271,7 +274,38 @@ def _null_band(ax, pairs, run: str, module: str, opts, steps_x: dict[int, float]
     )
     if pts:
         x, lo, hi = zip(*pts)
-        ax.fill_between(x, lo, hi, color="0.5", alpha=0.25, label="null (unrelated inputs)")
+        ax.fill_between(x, lo, hi, color="0.5", alpha=0.3, label="CKA of unrelated inputs (null)")
+
+
+def _cross_figure(folder, label, lrows, pairs, opts) -> list[Path]:
+    """Cross-run similarity of one label: per layer over steps over the permutation null band,
+    or layer x checkpoint heatmaps per run when there are many layers."""
+    groups = _grouped(lrows)
+    others = list(dict.fromkeys(r.run for r in lrows))
+    name, ref = _y_label(lrows, opts), fs.reference_text(lrows)
+    many = any(len({r.layer for r in g}) >= fs.HEATMAP_FROM_LAYERS for g in groups.values())
+    if not many:
+        n_lines = len({(r.run, r.layer) for r in lrows}) + 1
+        fig, axes = fs.figure(len(groups), legend_rows=fs.legend_rows(n_lines))
+        for ax, grows in zip(axes, groups.values()):
+            steps_x = {r.step: fs.x_of(r, opts) for r in grows}
+            if lrows[0].function == "cka":
+                _null_band(ax, pairs, others, grows[0].module, steps_x)
+            xs, _ = _layer_lines(ax, grows, opts, others, legend=False)
+            fs.set_x_scale(ax, xs, opts)
+            ax.set_title(fs.panel_title(grows[0]), fontsize=8, y=1.0, pad=4)
+            ax.set_ylabel(name, fontsize=8)
+        fs.figure_legend(fig, axes[0])
+        fig.suptitle(f"{name} {ref}".strip(), fontsize=10)
+    else:
+        panels = [(g, run) for g in groups for run in others]
+        fig, axes = fs.figure(len(panels))
+        for ax, (group, run) in zip(axes, panels):
+            _heatmap(fig, ax, [r for r in groups[group] if r.run == run], opts, name)
+            title = f"run {run}: {fs.panel_title(groups[group][0])}"
+            ax.set_title(title, fontsize=8, y=1.0, pad=4)
+        fig.suptitle(f"{name} {ref}: layer x checkpoint", fontsize=10)
+    return fs.save(fig, folder, label, opts)
 
 
 def plot_compare(
@@ -287,38 +321,14 @@ def plot_compare(
     folder = fs.fresh_dir(out_dir)
     rows = per_step_rows(rows) if opts.normalize_previous else rows
     runs = list(dict.fromkeys(r.run for r in rows))
-    written = _loss_figure(folder, rows, logs or {}, opts, runs)
+    jobs = [(_loss_figure, (folder, rows, logs or {}, opts, runs))]
     plain = [r for r in rows if not fs.is_cross(r) and r.kind != LOSS_KIND]
     for label, lrows in _by_label(plain).items():
-        written += _overlaid(folder, label, lrows, runs, opts)
+        jobs.append((_overlaid, (folder, label, lrows, runs, opts)))
     for label, lrows in _by_label([r for r in rows if fs.is_cross(r)]).items():
-        groups = _grouped(lrows)
-        others = list(dict.fromkeys(r.run for r in lrows))
-        name, ref = _y_label(lrows, opts), fs.reference_text(lrows)
-        many = any(len({r.layer for r in g}) >= fs.HEATMAP_FROM_LAYERS for g in groups.values())
-        if not many:
-            fig, axes = fs.figure(len(groups))
-            for ax, grows in zip(axes, groups.values()):
-                steps_x = {r.step: fs.x_of(r, opts) for r in grows}
-                for run in others if lrows[0].function == "cka" else []:
-                    _null_band(ax, pairs, run, grows[0].module, opts, steps_x)
-                xs, _ = _layer_lines(ax, grows, opts, others)
-                fs.set_x_scale(ax, xs, opts)
-                ax.set_title(fs.panel_title(grows[0]), fontsize=8, y=1.0, pad=4)
-                ax.set_ylabel(name, fontsize=8)
-            fig.suptitle(f"{name} {ref}".strip() + "; grey: permutation null", fontsize=10)
-        else:
-            panels = [(g, run) for g in groups for run in others]
-            fig, axes = fs.figure(len(panels))
-            for ax, (group, run) in zip(axes, panels):
-                _heatmap(fig, ax, [r for r in groups[group] if r.run == run], opts, name)
-                ax.set_title(
-                    f"run {run}: {fs.panel_title(groups[group][0])}", fontsize=8, y=1.0, pad=4
-                )
-            fig.suptitle(f"{name} {ref}: layer x checkpoint", fontsize=10)
-        written += fs.save(fig, folder, label, opts)
-    written += plot_layer_matrices(pairs, folder, opts)
-    return written
+        jobs.append((_cross_figure, (folder, label, lrows, pairs, opts)))
+    jobs += layer_matrix_jobs(pairs, folder, opts)
+    return fs.render(jobs)
 
 
 __all__ = ["plot_run", "plot_compare", "per_step_rows"]
