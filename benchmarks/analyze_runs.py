@@ -22,6 +22,10 @@ import torch
 import yaml
 
 from pico_format import (
+    CAPTURE_KINDS,
+    CAPTURE_SPLITS,
+    EVAL_SPLIT,
+    TRAIN_SPLIT,
     CaptureManifest,
     RunInfo,
     RunPaths,
@@ -71,8 +75,8 @@ def _checkpoints(cfg: ModelConfig, n_checkpoints: int, rows: int, seed: int):
                     p.add_(0.1 * p.std() * torch.randn(p.shape, generator=g))
         train_ids = torch.randint(0, cfg.vocab_size, (rows, 128), generator=g)
         captures = {}
-        for split in ("train", "eval"):
-            tensors = {"activations": {}, "weights": {}, "gradients": {}}
+        for split in CAPTURE_SPLITS:
+            tensors = {kind: {} for kind in CAPTURE_KINDS}
             for name in names:
                 w = modules[name].weight.detach()
                 tensors["activations"][name] = torch.randn(rows, w.shape[0], generator=g)
@@ -104,7 +108,7 @@ def build_pico_run(
             save_model_files(ckpt.root, model)
             for split, tensors in captures.items():
                 names = list(tensors["weights"])
-                ids = eval_ids if split == "eval" else train_ids
+                ids = eval_ids if split == EVAL_SPLIT else train_ids
                 manifest = CaptureManifest(
                     step=step,
                     split=split,
@@ -139,7 +143,8 @@ def build_original_run(
     for step, last, _, captures, _, _ in _checkpoints(cfg, n_checkpoints, rows, seed):
         folder = root / "checkpoints" / f"step_{step}" / "learning_dynamics"
         folder.mkdir(parents=True, exist_ok=True)
-        for split, theirs in (("eval", "val"),) if last else (("train", "train"), ("eval", "val")):
+        splits = ((EVAL_SPLIT, "val"),) if last else ((TRAIN_SPLIT, "train"), (EVAL_SPLIT, "val"))
+        for split, theirs in splits:
             for kind, by_module in captures[split].items():
                 out = {}
                 for name, t in by_module.items():

@@ -26,9 +26,11 @@ from pico_analyze.result import AnalysisResult
 from pico_analyze.runner import run_analysis
 from pico_analyze.sources import HubRun, open_source
 from pico_analyze.table import write_table
+from pico_format import RunPaths
+from pico_format.layout import ANALYSIS
 
 log = logging.getLogger("pico_analyze")
-ANALYSIS_DIR, COMPARE_DIR = "analysis", "analysis-compare"
+COMPARE_DIR = "analysis-compare"  # compare_runs' default output folder (not inside a run)
 
 
 def _config(
@@ -108,9 +110,9 @@ def analyze_run(
     )
     if out_dir is None:
         out_dir = (
-            Path(f"{ANALYSIS_DIR}-{source.name}")
+            Path(f"{ANALYSIS}-{source.name}")
             if isinstance(source, HubRun)
-            else Path(run_dir) / ANALYSIS_DIR
+            else RunPaths(run_dir).analysis
         )
     return _finish([source], cfg, Path(out_dir), cross=False, started=started)
 

@@ -20,7 +20,6 @@ import contextlib
 import fnmatch
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pico_format import (
@@ -57,6 +56,24 @@ def select_modules(model: nn.Module, cfg: CaptureConfig) -> dict[str, nn.Module]
         raise ValueError(f"capture.modules {cfg.modules} match no module; names look like {names}.")
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
     return dict(sorted(found.items(), key=lambda kv: (layer_index(kv[0]), order[kv[0]])))
+
+
+def check_capture_modules(config) -> None:
+    """Refuse capture.modules patterns that match nothing, before any file is written.
+
+    The module names come from a model built on the meta device (no memory, no random draws).
+    """
+    if not config.capture.enabled:
+        return
+    from pico_train.config import ConfigError
+    from pico_train.model import PicoDecoder
+
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        model = PicoDecoder(config.model)
+    try:
+        select_modules(model, config.capture)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def position_indices(cfg: CaptureConfig, seq_len: int) -> list[int] | None:
@@ -109,14 +126,15 @@ def _forward_pass(model, rows, cfg, autocast, hooks_for, weights=None):
     device = next(model.parameters()).device
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     grads = [torch.zeros_like(w, dtype=torch.float32) for w in weights] if weights else None
-    for chunk in rows.split(cfg.micro_batch_size):
+    # A rank with no rows (batch smaller than the number of ranks) runs no forward at all; the
+    # collectives that follow are the same on every rank.
+    for chunk in rows.split(cfg.micro_batch_size) if rows.shape[0] else ():
         chunk = chunk.to(device)
         x, y = chunk[:, :-1], chunk[:, 1:]
         handles = hooks_for()
         try:
             with torch.enable_grad() if weights else torch.no_grad(), autocast():
-                logits = model(x)  # (b, T, V)
-                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum")
+                loss = model(x, y, reduction="sum")  # summed token losses (loss.next_token_loss)
             if weights:
                 for acc, g in zip(grads, torch.autograd.grad(loss, weights)):
                     acc += g.float()
@@ -210,14 +228,17 @@ def _stream_all_positions(model, modules, rows, cfg, dist, autocast, path, n_row
 def rows_for_capture(split: str, rows: torch.Tensor, batch_size: int, dist: Dist):
     """This rank's share of the first `batch_size` sequences of a split's batch.
 
-    train: `rows` are this rank's contiguous slice of the global batch, so rank r keeps the part
-    of its slice that falls among the first batch_size global rows. eval: `rows` is the whole
-    held-out batch on every rank; its first batch_size rows are split contiguously over ranks.
-    Either way, gathering the shares in rank order gives the batch in its global order.
+    The first batch_size rows are split contiguously and evenly over ranks (shares differ by at
+    most one row), so gathering the shares in rank order gives the batch in its global order.
+    eval: `rows` is the whole held-out batch on every rank. train: `rows` is this rank's
+    contiguous slice of the global batch; the slices' leading rows are gathered first (every
+    rank calls this, in the same split order). Keeping each rank's own part of the first
+    batch_size rows instead left later ranks with no rows at all when batch_size was below one
+    rank's share, and an empty forward on CUDA failed on that rank alone.
     """
-    if split == TRAIN_SPLIT:
+    if split == TRAIN_SPLIT and dist.enabled:
         keep = max(0, min(rows.shape[0], batch_size - dist.rank * rows.shape[0]))
-        return rows[:keep]
+        rows = _gather_uneven(rows[:keep].to(dist.device), dist).cpu()
     return rows[:batch_size].tensor_split(dist.world_size)[dist.rank]
 
 

@@ -38,20 +38,52 @@ def _fmt(n: float) -> str:
     return str(n)
 
 
-def describe_model(m: ModelConfig, seq_len: int) -> str:
-    counts = parameter_counts(m)
-    flops = training_flops_per_token(m, seq_len)
+def describe_model(model: ModelConfig, seq_len: int) -> str:
+    counts = parameter_counts(model)
+    flops = training_flops_per_token(model, seq_len)
     lines = [
-        f"  layers {m.n_layers}, d_model {m.d_model}, heads {m.n_heads} "
-        f"(kv {m.n_kv_heads}, head_dim {m.head_dim}), SwiGLU hidden {m.mlp_hidden}",
-        f"  vocab {m.vocab_size}, context {m.max_seq_len}, rope_theta {m.rope_theta:g}, "
-        f"init {m.init} (std {m.init_std})",
+        f"  layers {model.n_layers}, d_model {model.d_model}, heads {model.n_heads} "
+        f"(kv {model.n_kv_heads}, head_dim {model.head_dim}), SwiGLU hidden {model.mlp_hidden}",
+        f"  vocab {model.vocab_size}, context {model.max_seq_len}, "
+        f"rope_theta {model.rope_theta:g}, init {model.init} (std {model.init_std})",
         f"  parameters: {counts['total']:,} total ({_fmt(counts['total'])}), "
         f"{counts['non_embedding']:,} without embeddings ({_fmt(counts['non_embedding'])})",
         f"  training FLOPs/token at context {seq_len}: {flops:,} ({_fmt(flops)}); "
         f"per 1B tokens: {flops * 1e9:.3e}",
     ]
     return "\n".join(lines)
+
+
+def describe_memory(config: RunConfig, gpus: int, gpu_memory_gib: float | None) -> str:
+    """Estimated memory per GPU under DDP and FSDP2, and what training.parallelism=auto picks."""
+    import torch
+
+    from pico_train.parallelize import COMFORTABLE, choose_parallelism, memory_per_gpu
+
+    if gpu_memory_gib is None:
+        local = torch.cuda.is_available()
+        gpu_memory_gib = torch.cuda.get_device_properties(0).total_memory / 2**30 if local else 80
+    t = config.training
+    need = memory_per_gpu(
+        config.model, config.seq_len, t.micro_batch_size, gpus, t.activation_checkpointing
+    )
+    pick = choose_parallelism(config, gpus, gpu_memory_gib * 2**30)
+    reason = {
+        "single": "one process",
+        "ddp": f"DDP fits in {COMFORTABLE:.0%} of {gpu_memory_gib:g} GiB",
+        "fsdp": f"DDP does not fit in {COMFORTABLE:.0%} of {gpu_memory_gib:g} GiB",
+    }[pick]
+    if t.parallelism != "auto" and gpus > 1:
+        reason = f"training.parallelism={t.parallelism}"
+    return "\n".join(
+        [
+            f"  memory per GPU on {gpus} GPU(s), micro-batch {t.micro_batch_size} x "
+            f"{config.seq_len}, AdamW, bf16 compute (estimate):",
+            f"    DDP  {need['ddp'] / 2**30:7.1f} GiB",
+            f"    FSDP {need['fsdp'] / 2**30:7.1f} GiB",
+            f"  training.parallelism=auto picks: {pick} ({reason})",
+        ]
+    )
 
 
 def describe_run(run: RunPaths) -> str:
@@ -71,14 +103,15 @@ def describe_run(run: RunPaths) -> str:
                 parts.append(f"eval loss {ev['eval_loss']:.4f} ppl {ev['eval_perplexity']:.2f}")
         lines.append(f"  step {step}: " + ", ".join(parts))
         for split in capture_splits(ckpt):
-            m = CaptureReader(ckpt, split).manifest
-            kinds = ", ".join(f"{k} {len(v)}" for k, v in m.tensors.items())
-            first = m.tensors.get("activations", {})
+            manifest = CaptureReader(ckpt, split).manifest
+            kinds = ", ".join(f"{k} {len(v)}" for k, v in manifest.tensors.items())
+            first = manifest.tensors.get("activations", {})
             shape = next(iter(first.values())).shape if first else None
             lines.append(
-                f"    capture {split}: {m.batch_size} sequences x {m.seq_len} tokens, positions "
-                f"{m.positions}, {len(m.modules)} modules ({kinds}); activation rows x width "
-                f"{shape} {m.activation_dtype}; loss {m.loss:.4f}"
+                f"    capture {split}: {manifest.batch_size} sequences x {manifest.seq_len} "
+                f"tokens, positions {manifest.positions}, {len(manifest.modules)} modules "
+                f"({kinds}); activation rows x width {shape} {manifest.activation_dtype}; "
+                f"loss {manifest.loss:.4f}"
             )
     return "\n".join(lines)
 
@@ -94,18 +127,28 @@ def main() -> None:
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="A YAML config.")
 @click.option("--set", "overrides", multiple=True, help="Override: section.key=value.")
 @click.option("--all-presets", is_flag=True, help="Describe every preset.")
-def info(run_dir, preset, config_path, overrides, all_presets) -> None:
+@click.option("--gpus", type=click.IntRange(min=1), help="Estimate memory per GPU on N GPUs.")
+@click.option(
+    "--gpu-memory-gib",
+    type=click.FloatRange(min=1),
+    help="Memory of one GPU for --gpus (default: this machine's GPU, else 80).",
+)
+def info(run_dir, preset, config_path, overrides, all_presets, gpus, gpu_memory_gib) -> None:
     """Describe a preset/config (shape, parameters, FLOPs/token) or a run directory."""
     try:
         if run_dir is not None:
             click.echo(describe_run(RunPaths(run_dir)))
             return
         if all_presets:
-            for name, m in PRESETS.items():
-                click.echo(f"preset {name}:\n{describe_model(m, m.max_seq_len)}")
+            for name, shape in PRESETS.items():
+                click.echo(f"preset {name}:\n{describe_model(shape, shape.max_seq_len)}")
             return
-        c: RunConfig = load_config(config_path, overrides, preset=preset)
-        click.echo(f"preset {c.preset or '(custom)'}:\n{describe_model(c.model, c.seq_len)}")
+        config: RunConfig = load_config(config_path, overrides, preset=preset)
+        click.echo(
+            f"preset {config.preset or '(custom)'}:\n{describe_model(config.model, config.seq_len)}"
+        )
+        if gpus is not None:
+            click.echo(describe_memory(config, gpus, gpu_memory_gib))
     except (ConfigError, RunFormatError) as err:
         _fail(str(err))
 
@@ -123,8 +166,8 @@ def train(config_path, preset, overrides, force, device) -> None:
     from pico_train.train import train as run_training
 
     try:
-        c = load_config(config_path, overrides, preset=preset)
-        result = run_training(c, force=force, device=None if device == "auto" else device)
+        config = load_config(config_path, overrides, preset=preset)
+        result = run_training(config, force=force, device=None if device == "auto" else device)
     except (ConfigError, RunFormatError, DataError, TrainingError) as err:
         _fail(str(err))
     if os.environ.get("RANK", "0") != "0":
@@ -195,6 +238,75 @@ def generate(checkpoint, prompt, max_new_tokens, temperature, top_p, seed, no_ca
         use_cache=not no_cache,
     )
     click.echo(tokenizer.decode(out[0].tolist(), skip_special_tokens=True))
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@click.option("--step", type=int, help="Which step of a run (default: the latest).")
+@click.option("--dtype", default="fp16", show_default=True, help="fp16 | bf16 | fp32.")
+@click.option("--gguf", "gguf_type", help="Also write a GGUF file: f16 | q8_0.")
+@click.option("--force", is_flag=True, help="Replace a non-empty --out folder.")
+def export(checkpoint, out, step, dtype, gguf_type, force) -> None:
+    """Export a checkpoint (or a run's step) as safetensors + tokenizer (+ GGUF) + model card."""
+    from pico_train.export import ExportError, export_checkpoint
+
+    try:
+        result = export_checkpoint(
+            checkpoint, out, step=step, dtype=dtype, gguf=gguf_type, force=force, progress=True
+        )
+    except ExportError as err:
+        _fail(str(err))
+    click.echo(
+        f"exported step {result.step} ({result.dtype}) to {result.out}: " + ", ".join(result.files)
+    )
+
+
+@main.command(name="eval")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--tasks", help="Comma-separated lm-eval task names (default: the model card's).")
+@click.option("--steps", help="Comma-separated steps of a run, or 'all' (default: the latest).")
+@click.option("--limit", type=int, help="At most N examples per task (quick looks).")
+@click.option("--include-path", multiple=True, help="A folder of task YAML files (repeatable).")
+@click.option("--num-fewshot", type=int, help="Override every task's number of shots.")
+@click.option("--batch-size", default="8", show_default=True, help="Batch size, or 'auto'.")
+@click.option("--device", help="cpu | cuda | cuda:N (default: cuda when available).")
+@click.option("--allow-code-execution", is_flag=True, help="Allow humaneval (runs model code).")
+def eval_(
+    checkpoint,
+    tasks,
+    steps,
+    limit,
+    include_path,
+    num_fewshot,
+    batch_size,
+    device,
+    allow_code_execution,
+) -> None:
+    """Benchmark checkpoints with lm-eval; writes benchmarks.json into each and prints a table."""
+    from pico_train.harness import HarnessError, evaluate_checkpoints, format_table
+
+    try:
+        chosen = None
+        if steps is not None:
+            chosen = "all" if steps == "all" else [int(s) for s in steps.split(",") if s.strip()]
+        results = evaluate_checkpoints(
+            checkpoint,
+            tasks=None if tasks is None else [t.strip() for t in tasks.split(",") if t.strip()],
+            steps=chosen,
+            limit=limit,
+            include_path=list(include_path),
+            num_fewshot=num_fewshot,
+            batch_size=int(batch_size) if batch_size.isdigit() else batch_size,
+            device=device,
+            allow_code_execution=allow_code_execution,
+            log=lambda m: click.echo(m, err=True),
+        )
+    except ValueError as err:
+        _fail(f"--steps must be 'all' or comma-separated integers ({err}).")
+    except HarnessError as err:
+        _fail(str(err))
+    click.echo(format_table(results))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from pico_format import CAPTURE_SPLITS, DEFAULT_CAPTURE_SUFFIXES, POSITION_POLICIES, module_name
+
 
 class ConfigError(ValueError):
     """A configuration that cannot run: names the key and the fix."""
@@ -124,6 +126,10 @@ PRESETS: dict[str, ModelConfig] = {
     ),
 }
 
+# The tokenizer a preset uses unless data.tokenizer says otherwise (None: a BPE trained on the
+# corpus). The 1b preset's 151,936 vocabulary rows hold Qwen2's 151,646 tokens plus padding.
+PRESET_TOKENIZERS: dict[str, str] = {"1b": "qwen2"}
+
 
 @dataclass
 class DataConfig:
@@ -135,7 +141,8 @@ class DataConfig:
     dataset_config: str | None = None  # the Hub dataset's configuration name, if it has several
     split: str = "train"
     text_column: str = "text"  # raw-text datasets; pre-tokenized ones have `input_ids`
-    # None: train a byte-level BPE on the corpus (cached, saved with the run). Otherwise a Hub
+    # None: train a byte-level BPE on the corpus (cached, saved with the run); "qwen2": the Qwen2
+    # tokenizer, converted offline (qwen2_tokenizer.py; the 1b preset's default). Otherwise a Hub
     # tokenizer name or a local tokenizer.json / tokenizer directory.
     tokenizer: str | None = None
     tokenizer_vocab_size: int = 4096  # only for the trained BPE
@@ -161,7 +168,11 @@ class TrainingConfig:
     weight_decay: float = 0.1  # never on norms and embeddings
     grad_clip: float = 1.0  # 0 disables clipping
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
-    compile: bool = False
+    compile: str = "auto"  # auto (compiled on CUDA, eager on CPU) | true | false
+    # auto: DDP while model, gradients and optimizer state fit comfortably on one device, FSDP2
+    # above (parallelize.choose_parallelism); ddp | fsdp force one. One process: neither.
+    parallelism: str = "auto"
+    activation_checkpointing: bool = False  # recompute each block's activations in backward
     seed: int = 42  # model initialisation and any sampling
     max_bad_steps: int = 5  # non-finite losses in a row before the run stops
 
@@ -184,14 +195,10 @@ class CaptureConfig:
     """Learning-dynamics capture at every checkpoint (see capture.py)."""
 
     enabled: bool = True
-    splits: list[str] = field(default_factory=lambda: ["train", "eval"])
+    splits: list[str] = field(default_factory=lambda: list(CAPTURE_SPLITS))
     # fnmatch patterns over module names; default: value, output and MLP down projections.
     modules: list[str] = field(
-        default_factory=lambda: [
-            "model.layers.*.self_attn.v_proj",
-            "model.layers.*.self_attn.o_proj",
-            "model.layers.*.mlp.down_proj",
-        ]
+        default_factory=lambda: [module_name("*", s) for s in DEFAULT_CAPTURE_SUFFIXES]
     )
     residual: bool = False  # also the residual stream after each block
     positions: str = "last"  # last | all | sample | mean
@@ -211,6 +218,15 @@ class LoggingConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """Several processes (torchrun): how long any collective may wait for the others."""
+
+    # A rank blocked longer than this in a collective (its peers failed or hang) raises and
+    # stops; torchrun also stops every rank as soon as one exits with an error.
+    timeout_s: int = 300
+
+
+@dataclass
 class RunConfig:
     # None: runs/<config file name>, else runs/<preset>, else runs/run (see load_config).
     run_dir: str | None = None
@@ -222,6 +238,7 @@ class RunConfig:
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     capture: CaptureConfig = field(default_factory=CaptureConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     @property
     def seq_len(self) -> int:
@@ -379,6 +396,7 @@ def load_config(
         if name not in PRESETS:
             raise ConfigError(f"Unknown preset '{name}'.{_nearest(str(name), list(PRESETS))}")
         base.model = dataclasses.replace(PRESETS[name])
+        base.data = dataclasses.replace(base.data, tokenizer=PRESET_TOKENIZERS.get(name))
     config = _build(RunConfig, raw, "", base)
     if config.run_dir is None:
         name = Path(path).stem if path is not None else config.preset or "run"
@@ -391,23 +409,24 @@ def load_config(
     return config
 
 
-def _adjust(c: RunConfig) -> list[str]:
+def _adjust(config: RunConfig) -> list[str]:
     """Drop explicit checkpoint steps past the end of the run; say so."""
-    late = [s for s in c.checkpointing.steps if s > c.training.max_steps]
+    checkpointing, max_steps = config.checkpointing, config.training.max_steps
+    late = [step for step in checkpointing.steps if step > max_steps]
     if not late:
         return []
-    c.checkpointing.steps = [s for s in c.checkpointing.steps if s <= c.training.max_steps]
+    checkpointing.steps = [step for step in checkpointing.steps if step <= max_steps]
     return [
-        f"checkpointing.steps {late} lie beyond training.max_steps={c.training.max_steps}; "
+        f"checkpointing.steps {late} lie beyond training.max_steps={max_steps}; "
         f"dropped (the final step is always saved)."
     ]
 
 
-def _doubts(c: RunConfig) -> list[str]:
+def _doubts(config: RunConfig) -> list[str]:
     """Valid but probably unintended settings."""
     out = []
-    vocab, tokens = c.model.vocab_size, c.data.tokenizer_vocab_size
-    if c.data.tokenizer is None and vocab > 2 * tokens:
+    vocab, tokens = config.model.vocab_size, config.data.tokenizer_vocab_size
+    if config.data.tokenizer is None and vocab > 2 * tokens:
         fit = -(-tokens // 64) * 64
         out.append(
             f"model.vocab_size={vocab} but the trained tokenizer has {tokens} tokens: "
@@ -435,7 +454,7 @@ def _require(ok: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
-def validate_model(m: ModelConfig, prefix: str = "model") -> None:
+def validate_model(model: ModelConfig, prefix: str = "model") -> None:
     for name in (
         "d_model",
         "n_layers",
@@ -445,124 +464,160 @@ def validate_model(m: ModelConfig, prefix: str = "model") -> None:
         "vocab_size",
         "max_seq_len",
     ):
-        value = getattr(m, name)
+        value = getattr(model, name)
         _require(value > 0, f"{prefix}.{name}", f"must be a positive integer, got {value}.")
     _require(
-        m.d_model % m.n_heads == 0,
+        model.d_model % model.n_heads == 0,
         f"{prefix}.d_model",
-        f"{m.d_model} is not divisible by n_heads={m.n_heads}; choose d_model a multiple "
-        f"of n_heads (e.g. {m.n_heads * max(1, round(m.d_model / m.n_heads))}).",
+        f"{model.d_model} is not divisible by n_heads={model.n_heads}; choose d_model a multiple "
+        f"of n_heads (e.g. {model.n_heads * max(1, round(model.d_model / model.n_heads))}).",
     )
     _require(
-        m.head_dim % 2 == 0,
+        model.head_dim % 2 == 0,
         f"{prefix}.d_model",
-        f"head_dim = d_model/n_heads = {m.head_dim} must be even for rotary embeddings.",
+        f"head_dim = d_model/n_heads = {model.head_dim} must be even for rotary embeddings.",
     )
     _require(
-        m.n_heads % m.n_kv_heads == 0,
+        model.n_heads % model.n_kv_heads == 0,
         f"{prefix}.n_kv_heads",
-        f"n_heads={m.n_heads} is not divisible by n_kv_heads={m.n_kv_heads}; use a divisor "
+        f"n_heads={model.n_heads} is not divisible by n_kv_heads={model.n_kv_heads}; use a divisor "
         f"of n_heads.",
     )
-    _require(m.rope_theta > 0, f"{prefix}.rope_theta", "must be positive.")
-    _require(m.norm_eps > 0, f"{prefix}.norm_eps", "must be positive.")
+    _require(model.rope_theta > 0, f"{prefix}.rope_theta", "must be positive.")
+    _require(model.norm_eps > 0, f"{prefix}.norm_eps", "must be positive.")
     _require(
-        m.init in ("scaled_normal", "pytorch_default"),
+        model.init in ("scaled_normal", "pytorch_default"),
         f"{prefix}.init",
-        f"'{m.init}' is not one of scaled_normal, pytorch_default.",
+        f"'{model.init}' is not one of scaled_normal, pytorch_default.",
     )
-    _require(m.init_std > 0, f"{prefix}.init_std", "must be positive.")
+    _require(model.init_std > 0, f"{prefix}.init_std", "must be positive.")
 
 
-def validate(c: RunConfig) -> None:
-    validate_model(c.model)
-    d, t, k, cap = c.data, c.training, c.checkpointing, c.capture
-    _require(c.seq_len > 0, "data.seq_len", "must be positive.")
+def validate(config: RunConfig) -> None:
+    """Refuse a config that cannot run, naming the key and the fix (ConfigError)."""
+    validate_model(config.model)
+    _validate_data(config)
+    _validate_training(config.training)
+    _validate_checkpointing(config.checkpointing, config.training.max_steps)
+    _require(config.evaluation.batch_size > 0, "evaluation.batch_size", "must be positive.")
+    _validate_capture(config.capture)
+    _require(config.logging.log_every > 0, "logging.log_every", "must be positive.")
     _require(
-        c.seq_len <= c.model.max_seq_len,
+        config.distributed.timeout_s > 0, "distributed.timeout_s", "must be a positive number."
+    )
+
+
+def _validate_data(config: RunConfig) -> None:
+    data, model = config.data, config.model
+    _require(config.seq_len > 0, "data.seq_len", "must be positive.")
+    _require(
+        config.seq_len <= model.max_seq_len,
         "data.seq_len",
-        f"{c.seq_len} exceeds model.max_seq_len={c.model.max_seq_len}.",
+        f"{config.seq_len} exceeds model.max_seq_len={model.max_seq_len}.",
     )
     _require(
-        d.tokenizer_vocab_size >= 260,
+        data.tokenizer_vocab_size >= 260,
         "data.tokenizer_vocab_size",
         "must be at least 260 (256 bytes plus special tokens).",
     )
     _require(
-        d.tokenizer is not None or d.tokenizer_vocab_size <= c.model.vocab_size,
+        data.tokenizer is not None or data.tokenizer_vocab_size <= model.vocab_size,
         "data.tokenizer_vocab_size",
-        f"{d.tokenizer_vocab_size} exceeds model.vocab_size={c.model.vocab_size}.",
+        f"{data.tokenizer_vocab_size} exceeds model.vocab_size={model.vocab_size}.",
     )
-    _require(d.eval_sequences > 0, "data.eval_sequences", "must be positive.")
+    _require(data.eval_sequences > 0, "data.eval_sequences", "must be positive.")
+
+
+def _validate_training(training: TrainingConfig) -> None:
     for name in ("max_steps", "global_batch_size", "micro_batch_size"):
-        _require(getattr(t, name) > 0, f"training.{name}", "must be a positive integer.")
+        _require(getattr(training, name) > 0, f"training.{name}", "must be a positive integer.")
     _require(
-        t.global_batch_size % t.micro_batch_size == 0,
+        training.global_batch_size % training.micro_batch_size == 0,
         "training.global_batch_size",
-        f"{t.global_batch_size} is not a multiple of training.micro_batch_size="
-        f"{t.micro_batch_size}.",
+        f"{training.global_batch_size} is not a multiple of training.micro_batch_size="
+        f"{training.micro_batch_size}.",
     )
-    _require(t.lr > 0, "training.lr", "must be positive.")
-    _require(0 <= t.min_lr_ratio <= 1, "training.min_lr_ratio", "must lie in [0, 1].")
-    _require(t.warmup_steps >= 0, "training.warmup_steps", "must be 0 or positive.")
+    _require(training.lr > 0, "training.lr", "must be positive.")
+    _require(0 <= training.min_lr_ratio <= 1, "training.min_lr_ratio", "must lie in [0, 1].")
+    _require(training.warmup_steps >= 0, "training.warmup_steps", "must be 0 or positive.")
     _require(
-        t.warmup_steps <= t.max_steps,
+        training.warmup_steps <= training.max_steps,
         "training.warmup_steps",
-        f"{t.warmup_steps} is longer than the run (training.max_steps={t.max_steps}); add "
-        f"--set training.warmup_steps={t.max_steps // 10} (a tenth of the run) or raise "
-        f"training.max_steps.",
+        f"{training.warmup_steps} is longer than the run (training.max_steps="
+        f"{training.max_steps}); add --set training.warmup_steps={training.max_steps // 10} "
+        f"(a tenth of the run) or raise training.max_steps.",
     )
     _require(
-        t.schedule in ("cosine", "linear", "constant"),
+        training.schedule in ("cosine", "linear", "constant"),
         "training.schedule",
-        f"'{t.schedule}' is not one of cosine, linear, constant.",
+        f"'{training.schedule}' is not one of cosine, linear, constant.",
     )
-    _require(all(0 <= b < 1 for b in t.betas), "training.betas", "each beta must lie in [0, 1).")
     _require(
-        t.eps > 0 and t.weight_decay >= 0 and t.grad_clip >= 0,
+        all(0 <= beta < 1 for beta in training.betas),
+        "training.betas",
+        "each beta must lie in [0, 1).",
+    )
+    _require(
+        training.eps > 0 and training.weight_decay >= 0 and training.grad_clip >= 0,
         "training",
         "eps must be positive; weight_decay and grad_clip non-negative.",
     )
     _require(
-        t.precision in ("auto", "fp32", "bf16"),
+        training.precision in ("auto", "fp32", "bf16"),
         "training.precision",
-        f"'{t.precision}' is not one of auto, fp32, bf16.",
+        f"'{training.precision}' is not one of auto, fp32, bf16.",
     )
-    _require(t.max_bad_steps > 0, "training.max_bad_steps", "must be positive.")
-    _require(k.every >= 0, "checkpointing.every", "must be 0 (off) or positive.")
+    training.compile = str(training.compile).lower()
     _require(
-        all(0 <= s <= t.max_steps for s in k.steps),
+        training.compile in ("auto", "true", "false"),
+        "training.compile",
+        f"'{training.compile}' is not one of auto, true, false.",
+    )
+    _require(
+        training.parallelism in ("auto", "ddp", "fsdp"),
+        "training.parallelism",
+        f"'{training.parallelism}' is not one of auto, ddp, fsdp.",
+    )
+    _require(training.max_bad_steps > 0, "training.max_bad_steps", "must be positive.")
+
+
+def _validate_checkpointing(checkpointing: CheckpointConfig, max_steps: int) -> None:
+    _require(checkpointing.every >= 0, "checkpointing.every", "must be 0 (off) or positive.")
+    _require(
+        all(0 <= step <= max_steps for step in checkpointing.steps),
         "checkpointing.steps",
-        f"every step must lie in [0, max_steps={t.max_steps}], got {k.steps}.",
+        f"every step must lie in [0, max_steps={max_steps}], got {checkpointing.steps}.",
     )
-    _require(k.keep_states >= 1, "checkpointing.keep_states", "must be at least 1.")
-    _require(c.evaluation.batch_size > 0, "evaluation.batch_size", "must be positive.")
+    _require(checkpointing.keep_states >= 1, "checkpointing.keep_states", "must be at least 1.")
+
+
+def _validate_capture(capture: CaptureConfig) -> None:
     _require(
-        set(cap.splits) <= {"train", "eval"},
+        set(capture.splits) <= set(CAPTURE_SPLITS),
         "capture.splits",
-        f"{cap.splits} may hold only 'train' and 'eval'.",
+        f"{capture.splits} may hold only {' and '.join(repr(s) for s in CAPTURE_SPLITS)}.",
     )
     _require(
-        cap.positions in ("last", "all", "sample", "mean"),
+        capture.positions in POSITION_POLICIES,
         "capture.positions",
-        f"'{cap.positions}' is not one of last, all, sample, mean.",
+        f"'{capture.positions}' is not one of {', '.join(POSITION_POLICIES)}.",
     )
     _require(
-        cap.batch_size > 0 and cap.micro_batch_size > 0 and cap.n_positions > 0,
+        capture.batch_size > 0 and capture.micro_batch_size > 0 and capture.n_positions > 0,
         "capture",
         "batch_size, micro_batch_size and n_positions must be positive.",
     )
     _require(
-        cap.activation_dtype in ("auto", "fp32", "bf16"),
+        capture.activation_dtype in ("auto", "fp32", "bf16"),
         "capture.activation_dtype",
-        f"'{cap.activation_dtype}' is not one of auto, fp32, bf16.",
+        f"'{capture.activation_dtype}' is not one of auto, fp32, bf16.",
     )
-    _require(c.logging.log_every > 0, "logging.log_every", "must be positive.")
 
 
-def checkpoint_steps(c: RunConfig) -> set[int]:
+def checkpoint_steps(config: RunConfig) -> set[int]:
     """Steps (counted in completed optimizer steps) at which a checkpoint is written."""
-    steps = set(c.checkpointing.steps) | {c.training.max_steps}
-    if c.checkpointing.every:
-        steps |= set(range(c.checkpointing.every, c.training.max_steps + 1, c.checkpointing.every))
+    every, max_steps = config.checkpointing.every, config.training.max_steps
+    steps = set(config.checkpointing.steps) | {max_steps}
+    if every:
+        steps |= set(range(every, max_steps + 1, every))
     return steps

@@ -188,35 +188,35 @@ class Corpus:
 
 def open_corpus(config: RunConfig) -> Corpus:
     """config.data -> an opened Corpus (Hub datasets stream unless data.streaming is false)."""
-    d = config.data
-    if d.dataset is None:
-        if d.streaming:
+    data = config.data
+    if data.dataset is None:
+        if data.streaming:
             raise DataError(
                 "data.streaming=true needs data.dataset: the embedded Shakespeare corpus is "
                 "always read in map mode. Unset data.streaming or name a dataset."
             )
         return Corpus(EMBEDDED_SOURCE, "embedded", "text", streaming=False)
-    path = Path(d.dataset).expanduser()
+    path = Path(data.dataset).expanduser()
     if path.exists():
         files = _data_files(path)
         builders = sorted({DATA_SUFFIXES[Path(f).suffix.lower()] for f in files})
         if len(builders) > 1:
             raise DataError(
-                f"data.dataset '{d.dataset}' mixes file kinds ({', '.join(builders)}); keep one "
+                f"data.dataset '{data.dataset}' mixes file kinds ({', '.join(builders)}); keep one "
                 f"kind (parquet, json/jsonl or arrow) per dataset folder."
             )
-        corpus = Corpus(str(path), "local", "", bool(d.streaming), d.text_column, files)
+        corpus = Corpus(str(path), "local", "", bool(data.streaming), data.text_column, files)
         corpus.dataset = _load_local(corpus, builders[0])
-    elif _looks_like_path(d.dataset):
+    elif _looks_like_path(data.dataset):
         raise DataError(
-            f"data.dataset '{d.dataset}' does not exist. Give an existing parquet/json/jsonl/"
+            f"data.dataset '{data.dataset}' does not exist. Give an existing parquet/json/jsonl/"
             f"arrow file or folder of them, a Hugging Face dataset name, or leave data.dataset "
             f"unset for the embedded Shakespeare corpus."
         )
     else:
-        hub = {"hub": d.dataset, "config": d.dataset_config, "split": d.split}
-        streaming = True if d.streaming is None else d.streaming
-        corpus = Corpus(d.dataset, "hub", "", streaming, d.text_column, hub=hub)
+        hub = {"hub": data.dataset, "config": data.dataset_config, "split": data.split}
+        streaming = True if data.streaming is None else data.streaming
+        corpus = Corpus(data.dataset, "hub", "", streaming, data.text_column, hub=hub)
         corpus.dataset = _load_hub(corpus)
     corpus.kind = _kind(corpus)
     return corpus
@@ -277,15 +277,15 @@ def _load_local(corpus: Corpus, builder: str) -> Any:
 def _load_hub(corpus: Corpus) -> Any:
     import datasets
 
-    h = corpus.hub
+    hub = corpus.hub
     try:
         return datasets.load_dataset(
-            h["hub"], h["config"], split=h["split"], streaming=corpus.streaming
+            hub["hub"], hub["config"], split=hub["split"], streaming=corpus.streaming
         )
     except Exception as err:
         raise DataError(
-            f"Could not reach Hugging Face dataset '{h['hub']}' (config {h['config']!r}, split "
-            f"{h['split']!r}): {type(err).__name__}: {err}. Check the name and your connection; "
+            f"Could not reach Hugging Face dataset '{hub['hub']}' (config {hub['config']!r}, split "
+            f"{hub['split']!r}): {type(err).__name__}: {err}. Check the name and your connection; "
             f"without internet access, pass local parquet/json/arrow files by path in "
             f"data.dataset."
         ) from err

@@ -253,7 +253,7 @@ def build_data(config: RunConfig, tokenizer: PreTrainedTokenizerBase | None = No
         tokenizer = load_tokenizer(config)
     else:
         prepare_tokenizer(tokenizer, config, "given to build_data")
-    d, width = config.data, config.seq_len + 1
+    data, width = config.data, config.seq_len + 1
     corpus = open_corpus(config)
     tok_hash = tokenizer_hash(tokenizer)
     identity = corpus.identity()
@@ -263,14 +263,14 @@ def build_data(config: RunConfig, tokenizer: PreTrainedTokenizerBase | None = No
         "n_documents": None,
         "n_tokens": None,
         "n_train_sequences": None,
-        "n_eval_sequences": d.eval_sequences,
-        "tokenizer": getattr(tokenizer, "name_or_path", None) or d.tokenizer or "trained BPE",
+        "n_eval_sequences": data.eval_sequences,
+        "tokenizer": getattr(tokenizer, "name_or_path", None) or data.tokenizer or "trained BPE",
     }
     if corpus.streaming:
         windows: _MapWindows | _StreamWindows = _StreamWindows(
             _pack(_token_chunks(corpus, tokenizer, config), width),
             width,
-            d.eval_sequences,
+            data.eval_sequences,
             corpus.label,
         )
     else:
@@ -280,7 +280,7 @@ def build_data(config: RunConfig, tokenizer: PreTrainedTokenizerBase | None = No
             # Only text is worth caching, and only content-addressed (not Hub) sources.
             cacheable=corpus.kind == "text" and corpus.source != "hub",
         )
-        windows = _MapWindows(ids, width, d.seed, d.eval_sequences, corpus.label)
+        windows = _MapWindows(ids, width, data.seed, data.eval_sequences, corpus.label)
         info.update(n_documents=n_docs, n_tokens=len(ids), n_train_sequences=windows.n_train)
 
     fingerprint = _digest(
@@ -291,8 +291,8 @@ def build_data(config: RunConfig, tokenizer: PreTrainedTokenizerBase | None = No
             "kind": corpus.kind,
             "mode": "stream" if corpus.streaming else "map",
             "seq_len": config.seq_len,
-            "seed": d.seed,
-            "eval_sequences": d.eval_sequences,
+            "seed": data.seed,
+            "eval_sequences": data.eval_sequences,
         }
     )
     return TokenData(tokenizer, fingerprint, config.seq_len, windows, info)

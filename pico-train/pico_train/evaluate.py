@@ -10,9 +10,9 @@ import math
 from contextlib import nullcontext
 
 import torch
-import torch.nn.functional as F
 
 from pico_train.distributed import Dist
+from pico_train.loss import IGNORE_INDEX
 
 
 @torch.no_grad()
@@ -34,10 +34,8 @@ def heldout_loss(
         chunk = rows[start : start + batch_size].to(device)
         x, y = chunk[:, :-1], chunk[:, 1:]
         with autocast():
-            logits = model(x)  # (B, T, V)
-        losses = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum")
-        total += losses.double()
-        count += y.numel()
+            total += model(x, y, reduction="sum").double()  # loss.next_token_loss
+        count += (y != IGNORE_INDEX).sum()
     total, count = dist.sum(total), dist.sum(count)
     model.train(was_training)
     loss = (total / count).item()

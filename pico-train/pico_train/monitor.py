@@ -15,7 +15,20 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from pico_format import RunPaths, write_text_atomic
-from pico_train.config import RunConfig
+from pico_train.config import ConfigError, LoggingConfig, RunConfig
+
+
+def check_integrations(cfg: LoggingConfig) -> None:
+    """Refuse optional loggers that are not installed, before anything is created."""
+    import importlib.util
+
+    wanted = {"tensorboard": cfg.tensorboard, "wandb": cfg.wandb}
+    for name, on in wanted.items():
+        if on and importlib.util.find_spec(name) is None:
+            raise ConfigError(
+                f"logging.{name}=true needs the {name} package: `pip install {name}`, or set "
+                f"logging.{name}=false."
+            )
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:

@@ -21,35 +21,42 @@ def no_decay(name: str, p: nn.Parameter) -> bool:
     return p.ndim < 2 or name.endswith("embed_tokens.weight")
 
 
-def build_optimizer(model: nn.Module, t: TrainingConfig) -> tuple[torch.optim.AdamW, list[str]]:
+def build_optimizer(
+    model: nn.Module, training: TrainingConfig
+) -> tuple[torch.optim.AdamW, list[str]]:
     """AdamW over two groups (decay / no decay); returns it and its parameter names in order."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     decay = [(n, p) for n, p in named if not no_decay(n, p)]
     plain = [(n, p) for n, p in named if no_decay(n, p)]
     groups = [
-        {"params": [p for _, p in decay], "weight_decay": t.weight_decay},
+        {"params": [p for _, p in decay], "weight_decay": training.weight_decay},
         {"params": [p for _, p in plain], "weight_decay": 0.0},
     ]
-    on_cuda = all(p.is_cuda for _, p in named)
+    # Fused kernels for plain CUDA tensors; FSDP2's sharded DTensors take the foreach path.
+    on_cuda = all(p.is_cuda and not hasattr(p, "placements") for _, p in named)
     optimizer = torch.optim.AdamW(
-        groups, lr=t.lr, betas=tuple(t.betas), eps=t.eps, fused=True if on_cuda else None
+        groups,
+        lr=training.lr,
+        betas=tuple(training.betas),
+        eps=training.eps,
+        fused=True if on_cuda else None,
     )
     return optimizer, [n for n, _ in decay] + [n for n, _ in plain]
 
 
-def lr_at(step: int, t: TrainingConfig) -> float:
+def lr_at(step: int, training: TrainingConfig) -> float:
     """Learning rate for optimizer step `step` (0-based).
 
     Linear warmup from lr/warmup_steps to lr over warmup_steps, then cosine or linear decay to
     lr * min_lr_ratio at max_steps (or constant).
     """
-    if step < t.warmup_steps:
-        return t.lr * (step + 1) / t.warmup_steps
-    if t.schedule == "constant":
-        return t.lr
-    span = max(1, t.max_steps - t.warmup_steps)
-    progress = min(1.0, (step - t.warmup_steps) / span)
-    floor = t.lr * t.min_lr_ratio
-    if t.schedule == "linear":
-        return floor + (t.lr - floor) * (1 - progress)
-    return floor + (t.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    if step < training.warmup_steps:
+        return training.lr * (step + 1) / training.warmup_steps
+    if training.schedule == "constant":
+        return training.lr
+    span = max(1, training.max_steps - training.warmup_steps)
+    progress = min(1.0, (step - training.warmup_steps) / span)
+    floor = training.lr * training.min_lr_ratio
+    if training.schedule == "linear":
+        return floor + (training.lr - floor) * (1 - progress)
+    return floor + (training.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))

@@ -4,7 +4,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pico_format import CaptureReader, RunPaths, capture_splits, checkpoint_transaction
+from pico_format import (
+    CAPTURE_SPLITS,
+    DEFAULT_CAPTURE_SUFFIXES,
+    RESIDUAL,
+    CaptureReader,
+    RunPaths,
+    capture_splits,
+    checkpoint_transaction,
+    module_name,
+)
 from pico_train.capture import capture_learning_dynamics, position_indices, select_modules
 from pico_train.config import CaptureConfig, ModelConfig
 from pico_train.distributed import Dist
@@ -13,11 +22,7 @@ from pico_train.model import PicoDecoder
 CFG = ModelConfig(
     d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, mlp_hidden=64, vocab_size=64, max_seq_len=16
 )
-DEFAULT_MODULES = [
-    f"model.layers.{i}.{m}"
-    for i in range(2)
-    for m in ("self_attn.v_proj", "self_attn.o_proj", "mlp.down_proj")
-]
+DEFAULT_MODULES = [module_name(i, suffix) for i in range(2) for suffix in DEFAULT_CAPTURE_SUFFIXES]
 
 
 @pytest.fixture
@@ -47,7 +52,7 @@ def test_rows_belong_to_their_sequences(setup):
     reader = CaptureReader(_capture(model, rows, run), "eval")
     assert reader.manifest.modules == DEFAULT_MODULES
     assert reader.manifest.token_ids == rows[:, :-1].tolist()
-    acts = reader.get("activations", "model.layers.1.self_attn.v_proj")
+    acts = reader.get("activations", module_name(1, "self_attn.v_proj"))
     assert acts.shape == (6, CFG.n_kv_heads * CFG.head_dim)
     for i in range(6):  # recompute sequence i alone: its last position is row i
         seen = {}
@@ -96,8 +101,8 @@ def test_position_policies(setup, policy, rows_per_seq):
     )
     m = reader.manifest
     assert m.positions == policy
-    assert "model.layers.0" in m.modules  # the residual stream after block 0
-    name = "model.layers.0.mlp.down_proj"
+    assert module_name(0, RESIDUAL) in m.modules  # the residual stream after block 0
+    name = module_name(0, "mlp.down_proj")
     acts = reader.get("activations", name)
     assert acts.shape == (6 * rows_per_seq, CFG.d_model)
     seen = {}
@@ -119,10 +124,9 @@ def test_position_policies(setup, policy, rows_per_seq):
         assert m.position_indices == position_indices(
             CaptureConfig(positions="sample", n_positions=5), 16
         )
-    assert set(capture_splits(reader.ckpt)) == {"train", "eval"}
-    assert reader.manifest.tensors["gradients"].keys() == {
-        n for n in m.modules if n != "model.layers.0" and n != "model.layers.1"
-    }
+    assert set(capture_splits(reader.ckpt)) == set(CAPTURE_SPLITS)
+    blocks = {module_name(layer, RESIDUAL) for layer in range(CFG.n_layers)}
+    assert reader.manifest.tensors["gradients"].keys() == set(m.modules) - blocks
 
 
 def test_unknown_module_pattern_is_an_error(setup):

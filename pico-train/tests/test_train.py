@@ -75,6 +75,35 @@ KILLER = textwrap.dedent("""
                     die()
             return real(path, obj)
         run_mod.write_json_atomic = patched
+    elif point == "after_lock":  # run creation: the directory is locked, nothing written yet
+        import pico_train.lock as lock_mod
+        real = lock_mod.RunLock.acquire
+        def patched(self):
+            real(self)
+            die()
+        lock_mod.RunLock.acquire = patched
+    elif point in ("before_rename", "after_rename"):  # atomic writes, by target file name
+        name = sys.argv.pop(1)
+        real = os.replace
+        def patched(src, dst):
+            hit = os.path.basename(str(dst)) == name
+            if hit and point == "before_rename":
+                die()
+            real(src, dst)
+            if hit:
+                calls["n"] += 1
+                if calls["n"] == arg:
+                    die()
+        run_mod.os.replace = patched
+    elif point == "prune":  # the state folder renamed to .tmp-state, not yet deleted
+        real = run_mod.shutil.rmtree
+        def patched(path, *a, **k):
+            if os.path.basename(str(path)) == ".tmp-state":
+                calls["n"] += 1
+                if calls["n"] == arg:
+                    die()
+            return real(path, *a, **k)
+        run_mod.shutil.rmtree = patched
     from pico_train.cli import main
     main()
 """)
@@ -88,26 +117,45 @@ def _cli(run_dir, *extra, kill=None, check=True, flags=()):
     else:
         script = Path(run_dir).parent / "killer.py"
         script.write_text(KILLER)
-        cmd = [sys.executable, str(script), kill[0], str(kill[1]), *args]
+        cmd = [sys.executable, str(script), *map(str, kill[:2]), *kill[2:], *args]
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     if check and kill is None:
         assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
 
+def _leftovers(run_dir):
+    return sorted(str(p) for p in Path(run_dir).rglob(".tmp-*"))
+
+
+@pytest.mark.slow
 def test_sigkill_at_several_points_then_resume_is_bit_exact(reference, tmp_path):
     run_dir = tmp_path / "run"
     points = [
+        # every window of run creation: locked only, config.yaml half-written, config.yaml
+        # without run.json, run.json half-written, run.json written
+        ("after_lock", 1),
+        ("before_rename", 1, "config.yaml"),
+        ("after_rename", 1, "config.yaml"),
+        ("before_rename", 1, "run.json"),
+        ("after_rename", 1, "run.json"),
         ("mid_checkpoint", 1),  # inside the very first checkpoint: the rerun starts afresh
         ("after_step", 2),
         ("mid_checkpoint", 2),
         ("before_pointer", 2),
+        ("prune", 1),  # inside pruning: step_0/.tmp-state left behind
+        ("before_rename", 1, "latest.json"),  # RUN/.tmp-latest.json.<pid> left behind
         ("after_step", 10),
     ]
     for point in points:
         proc = _cli(run_dir, kill=point)
         assert proc.returncode == -9, (point, proc.stderr[-2000:])
+        if point[0] == "prune":
+            assert any(p.endswith("/.tmp-state") for p in _leftovers(run_dir))
+        if point[-1] == "latest.json":
+            assert any(".tmp-latest.json." in p for p in _leftovers(run_dir))
     _cli(run_dir)
+    assert _leftovers(run_dir) == []  # what the kills left was cleaned up
     expected = losses(reference)
     assert len(expected) == 12
     assert losses(run_dir) == expected  # float equality: bit for bit
@@ -118,17 +166,20 @@ def test_sigkill_at_several_points_then_resume_is_bit_exact(reference, tmp_path)
     assert list_checkpoints(RunPaths(run_dir)) == list_checkpoints(RunPaths(reference))
 
 
+@pytest.mark.slow
 def test_rerun_of_finished_run_does_nothing(reference):
     proc = _cli(reference)
     assert "already reached step 12" in proc.stdout
 
 
+@pytest.mark.slow
 def test_resume_with_different_model_is_refused(reference):
     proc = _cli(reference, "model.d_model=64", check=False)
     assert proc.returncode != 0
     assert "model.d_model: 32 -> 64" in proc.stderr
 
 
+@pytest.mark.slow
 def test_forced_resume_cannot_change_the_model_shape(reference, tmp_path):
     import shutil
 
@@ -140,6 +191,7 @@ def test_forced_resume_cannot_change_the_model_shape(reference, tmp_path):
     assert {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()} == before
 
 
+@pytest.mark.slow
 def test_run_layout_and_contents(reference):
     run = RunPaths(reference)
     assert list_checkpoints(run) == [0, 1, 3, 6, 9, 12]
@@ -184,8 +236,8 @@ def test_nonfinite_losses_stop_with_last_checkpoint_intact(tmp_path, monkeypatch
     real = PicoDecoder.forward
     calls = {"n": 0}
 
-    def poisoned(self, input_ids, targets=None, cache=None):
-        out = real(self, input_ids, targets, cache)
+    def poisoned(self, input_ids, targets=None, cache=None, **kwargs):
+        out = real(self, input_ids, targets, cache, **kwargs)
         if targets is not None and self.training:
             calls["n"] += 1
             if calls["n"] > 6:  # steps 1-3 (two micro-batches each) are fine

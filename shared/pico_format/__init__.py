@@ -32,6 +32,7 @@ from pico_format.modules import (
     layer_index,
     module_name,
     parse_module_name,
+    weight_name,
 )
 from pico_format.run import (
     RunFormatError,
@@ -45,6 +46,7 @@ from pico_format.run import (
     prune_states,
     read_json,
     read_run_info,
+    verify_checkpoint,
     write_bytes_atomic,
     write_json_atomic,
     write_run_info,
@@ -86,6 +88,8 @@ __all__ = [
     "read_json",
     "read_run_info",
     "step_dirname",
+    "weight_name",
+    "verify_checkpoint",
     "write_bytes_atomic",
     "write_capture",
     "write_json_atomic",

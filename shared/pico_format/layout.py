@@ -5,6 +5,7 @@ RUN/
   config.yaml              the resolved training config
   log.jsonl                one JSON object per logged step (loss, lr, grad norm, tokens/s...)
   latest.json              pointer to the newest complete checkpoint
+  .lock                    held (flock) by the one trainer writing the run
   tensorboard/             TensorBoard event files (logging.tensorboard)
   analysis/                pico-analyze's results table, plots and report for this run
   checkpoints/
@@ -40,6 +41,7 @@ CHECKPOINTS = "checkpoints"
 TENSORBOARD = "tensorboard"
 ANALYSIS = "analysis"
 TMP_PREFIX = ".tmp-"
+LOCK = ".lock"  # held (flock) by the one trainer writing the run
 
 # Inside a checkpoint
 MODEL_CONFIG = "config.json"
@@ -171,6 +173,10 @@ class RunPaths:
     @property
     def latest(self) -> Path:
         return self.root / LATEST
+
+    @property
+    def lock(self) -> Path:
+        return self.root / LOCK
 
     @property
     def checkpoints(self) -> Path:

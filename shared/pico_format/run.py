@@ -9,7 +9,6 @@ to `step_N`, and only then named by `latest.json`.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import shutil
@@ -19,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pico_format.integrity import checkpoint_problem, disk_full, file_records, honour_umask
 from pico_format.layout import (
     CHECKPOINTS,
     SCHEMA_VERSION,
@@ -134,8 +134,8 @@ def read_run_info(run: RunPaths) -> RunInfo:
 # ----------------------------------------------------------------------------------------------
 
 
-def _raise_disk_error(err: OSError, what: str) -> None:
-    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+def _raise_disk_error(err: BaseException, what: str) -> None:
+    if disk_full(err):
         raise RunFormatError(
             f"Disk full while writing {what}; nothing was replaced (the previous checkpoint and "
             f"the latest pointer are intact). Free space and resume."
@@ -147,9 +147,11 @@ def _raise_disk_error(err: OSError, what: str) -> None:
 def checkpoint_transaction(run: RunPaths, step: int) -> Iterator[CheckpointPaths]:
     """Yield a temporary checkpoint folder; on success publish it as step `step`.
 
-    The caller fills the folder; this writes its manifest listing the files, renames it into place
-    (replacing a stale folder of the same step left by an interrupted run) and points `latest`
-    at it. On any error the temporary folder is removed and nothing else changes.
+    The caller fills the folder; this writes its manifest listing the files with their sizes and
+    CRC-32 (see integrity.py), renames it into place (replacing a stale folder of the same step
+    left by an interrupted run) and points `latest` at it. Files get the modes the umask grants.
+    On any error the temporary folder is removed and nothing else changes; a full disk, however
+    the writer reports it, becomes one RunFormatError.
     """
     tmp = run.temporary_checkpoint(step)
     final = run.checkpoint(step)
@@ -158,10 +160,15 @@ def checkpoint_transaction(run: RunPaths, step: int) -> Iterator[CheckpointPaths
     try:
         tmp.root.mkdir(parents=True)
         yield tmp
-        files = sorted(str(p.relative_to(tmp.root)) for p in tmp.root.rglob("*") if p.is_file())
+        honour_umask(tmp.root)
         write_json_atomic(
             tmp.manifest,
-            {"schema_version": SCHEMA_VERSION, "step": step, "files": files, "complete": True},
+            {
+                "schema_version": SCHEMA_VERSION,
+                "step": step,
+                **file_records(tmp.root),
+                "complete": True,
+            },
         )
         _fsync_dir(tmp.root)
         if final.root.exists():
@@ -172,7 +179,7 @@ def checkpoint_transaction(run: RunPaths, step: int) -> Iterator[CheckpointPaths
         os.replace(tmp.root, final.root)
         _fsync_dir(run.checkpoints)
         write_json_atomic(run.latest, {"step": step, "path": f"{CHECKPOINTS}/{final.root.name}"})
-    except OSError as err:
+    except Exception as err:
         shutil.rmtree(tmp.root, ignore_errors=True)
         _raise_disk_error(err, f"checkpoint step {step}")
     except BaseException:
@@ -182,6 +189,22 @@ def checkpoint_transaction(run: RunPaths, step: int) -> Iterator[CheckpointPaths
 
 def is_complete(ckpt: CheckpointPaths) -> bool:
     return ckpt.manifest.is_file()
+
+
+def verify_checkpoint(ckpt: CheckpointPaths, *, need_state: bool = False) -> str | None:
+    """Check a complete checkpoint's files against the sizes and CRC-32 its manifest records.
+
+    Returns None when it verifies, else one line naming the bad file (need_state: the training
+    state must be there too, as a resume needs it).
+    """
+    try:
+        manifest = read_json(ckpt.manifest)
+    except RunFormatError as err:
+        return str(err)
+    if not isinstance(manifest, dict):
+        return f"'{ckpt.manifest}' is not a checkpoint manifest"
+    problem = checkpoint_problem(ckpt, manifest, need_state=need_state)
+    return f"checkpoint '{ckpt.root}': {problem}" if problem else None
 
 
 def list_checkpoints(run: RunPaths) -> list[int]:
@@ -201,6 +224,11 @@ def latest_step(run: RunPaths) -> int | None:
     if not run.latest.is_file():
         return None
     pointer = read_json(run.latest)
+    if not isinstance(pointer, dict):
+        raise RunFormatError(
+            f"'{run.latest}' is not a checkpoint pointer (expected a JSON object with a 'step', "
+            f"got a {type(pointer).__name__})."
+        )
     step = pointer.get("step")
     if not isinstance(step, int) or not is_complete(run.checkpoint(step)):
         raise RunFormatError(
@@ -211,12 +239,26 @@ def latest_step(run: RunPaths) -> int | None:
 
 
 def clean_temporary(run: RunPaths) -> list[Path]:
-    """Remove folders left by interrupted checkpoint writes; return what was removed."""
-    removed = []
+    """Remove what interrupted writes left; return what was removed.
+
+    Temporary files at the run root (`.tmp-latest.json.<pid>`...), temporary checkpoint folders,
+    and inside each checkpoint a training state caught mid-pruning (`.tmp-state`: for the 1b
+    preset the whole optimizer state). Call it only while holding the run's lock.
+    """
+    folders = [run.root]
     if run.checkpoints.is_dir():
-        for child in run.checkpoints.iterdir():
+        folders.append(run.checkpoints)
+        folders += [c for c in run.checkpoints.iterdir() if parse_step_dirname(c.name) is not None]
+    removed = []
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for child in folder.iterdir():
             if child.name.startswith(TMP_PREFIX):
-                shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink()
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
                 removed.append(child)
     return removed
 

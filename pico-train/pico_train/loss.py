@@ -1,0 +1,187 @@
+"""The one next-token loss: linear head + cross-entropy, without full-vocabulary fp32 logits.
+
+Read by the model's forward (training), evaluate.py (held-out loss) and capture.py (the captured
+batch's loss and gradients); nothing else computes a cross-entropy. It takes the final hidden
+states and the output head's weight rather than logits, so the head's matrix multiply and the
+cross-entropy run together, a block of rows at a time:
+
+    loss_i = logsumexp_v(h_i . W_v) - h_i . W_{y_i}         (token i, target y_i, vocabulary v)
+    mean   = sum_{i: y_i != ignore} loss_i / #{i: y_i != ignore};   sum = the numerator
+
+Implementations (`set_implementation`; all give the same numbers to float rounding):
+- ``chunked`` (ours): rows in blocks of about `CHUNK_ELEMENTS / V`; each block's logits are
+  made in the compute dtype, turned into fp32 loss terms and, when gradients are needed, into
+  dLoss/dh and dLoss/dW at once (softmax - onehot, Wijmans et al. 2024 "Cut your losses";
+  Hsu et al. 2024 "Liger-Kernel" do the same on the GPU), so only one block's (rows, V) fp32
+  logits ever exist. The block step can be compiled (`compile_chunks`).
+- ``liger``: Liger-Kernel's fused linear cross-entropy (Triton, CUDA only).
+- ``cce``: Apple's cut-cross-entropy (Triton, CUDA only).
+- ``auto``: on CUDA, Liger-Kernel for large heads (V * d >= `LIBRARY_MIN_HEAD`, where it was
+  1.6x faster than our compiled blocks at the 1b preset's head) when it is installed, our
+  compiled blocks otherwise (as fast as the libraries at the small preset's head, 1.9x faster
+  than Liger there); ``chunked`` on CPU. Figures: BENCHMARKS.md, "Loss implementations".
+  cut-cross-entropy was as fast as Liger but skips small gradient terms by default, so its
+  gradients differ from the exact ones by more than our test tolerance.
+
+Under autocast the matrix multiplies run in the autocast dtype (as `nn.Linear` would) and the
+softmax, log-sum-exp and accumulation in fp32.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+IGNORE_INDEX = -100
+CHUNK_ELEMENTS = 1 << 26  # logits per block: 64M, i.e. 256 MiB in fp32
+IMPLEMENTATIONS = ("auto", "chunked", "liger", "cce")
+LIBRARY_MIN_HEAD = 1 << 28  # V * d above which `auto` uses Liger-Kernel on CUDA
+
+_state = {"impl": "auto", "compile": False}
+
+
+def set_implementation(name: str = "auto", *, compile_chunks: bool = False) -> None:
+    """Choose the implementation for every later call; compile_chunks compiles ours' block step."""
+    if name not in IMPLEMENTATIONS:
+        options = ", ".join(IMPLEMENTATIONS)
+        raise ValueError(f"loss implementation '{name}' is not one of {options}.")
+    _state["impl"], _state["compile"] = name, compile_chunks
+
+
+def available(name: str) -> bool:
+    """Whether an implementation can run here (the libraries need CUDA and their package)."""
+    if name in ("auto", "chunked"):
+        return True
+    module = {"liger": "liger_kernel", "cce": "cut_cross_entropy"}[name]
+    return torch.cuda.is_available() and importlib.util.find_spec(module) is not None
+
+
+def resolve(device: torch.device, head_elements: int) -> str:
+    """The implementation `auto` means on `device` for a head of V * d = head_elements."""
+    name = _state["impl"]
+    if name != "auto":
+        return name
+    if device.type == "cuda" and head_elements >= LIBRARY_MIN_HEAD and available("liger"):
+        return "liger"
+    return "chunked"
+
+
+def next_token_loss(
+    hidden: torch.Tensor,
+    head_weight: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    reduction: str = "mean",
+    ignore_index: int = IGNORE_INDEX,
+) -> torch.Tensor:
+    """Cross-entropy of softmax(hidden @ head_weight^T) against targets, as an fp32 scalar.
+
+    hidden: (..., d) final-normed hidden states; head_weight: (V, d); targets: (...) token ids,
+    ignore_index where no loss is taken. reduction: "mean" over the non-ignored tokens, or "sum".
+    """
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}.")
+    h = hidden.reshape(-1, hidden.shape[-1])  # (N, d)
+    y = targets.reshape(-1)  # (N,)
+    device_type = h.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        h, w = h.to(dtype), head_weight.to(dtype)
+    else:
+        w = head_weight.to(h.dtype)
+    impl = resolve(h.device, w.numel())
+    with torch.autocast(device_type, enabled=False):
+        if impl == "liger":
+            total = _liger_sum(h, w, y, ignore_index)
+        elif impl == "cce":
+            total = _cce_sum(h, w, y, ignore_index)
+        else:
+            total = _ChunkedLinearCrossEntropy.apply(h, w, y, ignore_index, _state["compile"])
+    if reduction == "sum":
+        return total
+    return total / (y != ignore_index).sum()
+
+
+# ----------------------------------------------------------------------------------------------
+# Ours: blocks of rows, loss and gradients from the same logits
+# ----------------------------------------------------------------------------------------------
+
+
+def _block(h: torch.Tensor, w: torch.Tensor, y: torch.Tensor, ignore_index: int, grad: bool):
+    """One block: summed loss (fp32) and, if grad, dSum/dh (b, d) and dSum/dW (V, d) in fp32."""
+    logits = (h @ w.T).float()  # (b, V): the only full-vocabulary tensor, one block of it
+    valid = y != ignore_index  # (b,)
+    safe = torch.where(valid, y, 0)
+    lse = torch.logsumexp(logits, dim=-1)  # (b,)
+    target_logit = logits.gather(1, safe[:, None]).squeeze(1)
+    total = ((lse - target_logit) * valid).sum()
+    if not grad:
+        return total, None, None
+    # d loss_i / d logits_i = softmax_i - onehot(y_i); zero for ignored rows.
+    g = torch.exp(logits - lse[:, None])
+    g.scatter_add_(1, safe[:, None], torch.full_like(target_logit[:, None], -1.0))
+    g = (g * valid[:, None]).to(h.dtype)
+    return total, (g @ w).float(), (g.T @ h).float()
+
+
+_compiled_block = None
+
+
+def _block_fn(compiled: bool):
+    global _compiled_block
+    if not compiled:
+        return _block
+    if _compiled_block is None:
+        _compiled_block = torch.compile(_block, dynamic=False)
+    return _compiled_block
+
+
+class _ChunkedLinearCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of h @ w^T; gradients are made in the forward pass, block by block."""
+
+    @staticmethod
+    def forward(ctx, h, w, y, ignore_index, compiled):
+        rows = max(1, CHUNK_ELEMENTS // w.shape[0])
+        grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        step = _block_fn(compiled)
+        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        grad_h = torch.empty_like(h) if ctx.needs_input_grad[0] else None
+        grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device) if grad else None
+        for start in range(0, h.shape[0], rows):
+            end = min(start + rows, h.shape[0])
+            part, gh, gw = step(h[start:end], w, y[start:end], ignore_index, grad)
+            total += part
+            if grad_h is not None:
+                grad_h[start:end] = gh
+            if grad_w is not None:
+                grad_w += gw
+        ctx.save_for_backward(grad_h, grad_w)
+        ctx.w_dtype = w.dtype
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        grad_h, grad_w = ctx.saved_tensors
+        dh = grad_h * grad_total.to(grad_h.dtype) if grad_h is not None else None
+        dw = (grad_w * grad_total).to(ctx.w_dtype) if grad_w is not None else None
+        return dh, dw, None, None, None
+
+
+# ----------------------------------------------------------------------------------------------
+# Libraries (CUDA)
+# ----------------------------------------------------------------------------------------------
+
+
+def _liger_sum(h, w, y, ignore_index):
+    from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+
+    return liger_fused_linear_cross_entropy(
+        h, w, y, ignore_index=ignore_index, reduction="sum"
+    ).float()
+
+
+def _cce_sum(h, w, y, ignore_index):
+    from cut_cross_entropy import linear_cross_entropy
+
+    return linear_cross_entropy(h, w, y, ignore_index=ignore_index, reduction="sum").float()
