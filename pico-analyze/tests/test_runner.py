@@ -348,3 +348,13 @@ def test_table_equals_a_direct_call_on_the_stored_tensor(tmp_path):
         assert tensor.dtype == torch.float32
         direct = get_metric(r.function).fn(tensor)
         assert r.value == direct, (r.metric, r.value, direct)
+
+
+def test_worker_plan_never_oversubscribes_the_cores():
+    from pico_analyze.plan import worker_plan
+
+    for budget in (1, 2, 4, 16):
+        for requested in (1, 2, 3, 8, 64):
+            workers, threads = worker_plan(requested, budget)
+            assert 1 <= workers <= requested and workers * threads <= budget
+            assert workers == min(requested, budget)

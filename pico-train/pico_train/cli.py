@@ -275,7 +275,14 @@ def export(checkpoint, out, step, dtype, gguf_type, force) -> None:
 
     try:
         result = export_checkpoint(
-            checkpoint, out, step=step, dtype=dtype, gguf=gguf_type, force=force, progress=True
+            checkpoint,
+            out,
+            step=step,
+            dtype=dtype,
+            gguf=gguf_type,
+            force=force,
+            progress=True,
+            log=lambda m: click.echo(m, err=True),
         )
     except ExportError as err:
         _fail(str(err))

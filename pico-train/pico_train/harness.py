@@ -59,7 +59,8 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
     import urllib.request
 
     try:
-        urllib.request.urlopen(urllib.request.Request(_HUB, method="HEAD"), timeout=timeout)
+        endpoint = os.environ.get("HF_ENDPOINT", _HUB)
+        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout)
         return True
     except Exception:
         return False
@@ -83,6 +84,19 @@ def _go_offline() -> None:
 
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def _failure(what: str, err: Exception, hub_tasks: list[str]) -> str:
+    """One line: what failed, the error's first line, and the offline hint when it applies."""
+    text = str(err).strip()
+    first = text.splitlines()[0] if text else ""
+    hint = (
+        f" (offline: the Hub datasets of {hub_tasks} are not in the local cache; run once with "
+        f"network access, or define local tasks with --include-path)"
+        if _offline() and hub_tasks
+        else ""
+    )
+    return f"{what}: {type(err).__name__}: {first}{hint}"
 
 
 def _metric_key(name: str) -> str:
@@ -193,6 +207,10 @@ def evaluate_checkpoints(
     from lm_eval.models.huggingface import HFLM
 
     manager = _task_manager(tasks, include_path)
+    try:  # read every task's data once before any model is loaded: fail fast, in one line
+        manager.load(tasks)
+    except Exception as err:
+        raise HarnessError(_failure("could not load the tasks", err, hub_tasks)) from None
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     results = []
     for ckpt in ckpts:
@@ -214,15 +232,7 @@ def evaluate_checkpoints(
                 confirm_run_unsafe_code=allow_code_execution,
             )
         except Exception as err:
-            hub = _offline() and hub_tasks
-            hint = (
-                f" (offline: the Hub datasets of {hub_tasks} are not in the local cache; run "
-                f"once with network access or define local tasks with --include-path)"
-                if hub
-                else ""
-            )
-            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-            raise HarnessError(f"lm-eval failed: {type(err).__name__}: {first}{hint}") from None
+            raise HarnessError(_failure("lm-eval failed", err, hub_tasks)) from None
         benchmarks = {
             "step": checkpoint_step(ckpt),
             "harness": "lm-eval",
