@@ -24,7 +24,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from pico_format import CheckpointPaths, RunFormatError, write_benchmarks
+from pico_format import CheckpointPaths, RunFormatError, benchmark_rows, write_benchmarks
 from pico_train.checkpoint import checkpoint_step, find_checkpoints
 
 __all__ = ["CARD_TASKS", "HarnessError", "evaluate_checkpoints", "format_table", "task_results"]
@@ -250,21 +250,17 @@ def format_table(results: list[EvalResult]) -> str:
     """A text table: step, task, n-shot, metric, value, stderr."""
     rows = [("step", "task", "n-shot", "metric", "value", "stderr")]
     for r in results:
-        for task, entry in sorted(r.benchmarks["tasks"].items()):
-            metrics = entry["metrics"]
-            for name, value in sorted(metrics.items()):
-                if name.endswith("_stderr") or value is None:
-                    continue
-                err = metrics.get(f"{name}_stderr")
-                rows.append(
-                    (
-                        str(r.benchmarks["step"]),
-                        task,
-                        str(entry["n_shot"]),
-                        name,
-                        f"{value:.4f}",
-                        "" if err is None else f"{err:.4f}",
-                    )
+        for row in benchmark_rows(r.benchmarks):
+            err = "" if row["stderr"] is None else f"{row['stderr']:.4f}"
+            rows.append(
+                (
+                    str(row["step"]),
+                    row["task"],
+                    str(row["n_shot"]),
+                    row["metric"],
+                    f"{row['value']:.4f}",
+                    err,
                 )
+            )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
