@@ -128,6 +128,19 @@ def _input_problem(cur: Checkpoint, ref: Checkpoint, split: str | None) -> str |
     return None
 
 
+def _advice(split: str | None) -> str:
+    """What to do about a refused comparison of two captures of `split`."""
+    if split == "train":
+        return (
+            "compare the eval split (the same held-out batch at every step), or force it "
+            "with --force-train-split"
+        )
+    return (
+        "similarity of different inputs is not comparable; were the runs trained on "
+        "different data (data fingerprint in run.json)?"
+    )
+
+
 def _groups(tasks: list[Task]) -> list[list[Task]]:
     """Tasks grouped by component, in config order: each component is built once per layer."""
     out: dict[str, list[Task]] = {}
@@ -258,10 +271,7 @@ class _Chunk:
                         f"reference {ref.label} has no {v.component} head {v.head}"
                     )
                 elif ref.problem and not self.job.force:
-                    result = NotMeasurable(
-                        f"refused: {ref.problem}; compare eval captures or force "
-                        f"it (--force-train-split)"
-                    )
+                    result = NotMeasurable(f"refused: {ref.problem}; {_advice(split)}")
                 else:
                     result = _measure(t, other.tensor, v.tensor)
                     warning = f"forced: {ref.problem}" if ref.problem else ""
