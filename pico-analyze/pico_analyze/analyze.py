@@ -16,8 +16,6 @@ import logging
 import time
 from pathlib import Path
 
-import yaml
-
 from pico_analyze import plots as plotting
 from pico_analyze import report
 from pico_analyze.config import AnalysisConfig, config_to_dict, load_config
@@ -28,6 +26,7 @@ from pico_analyze.sources import HubRun, open_source
 from pico_analyze.table import write_table
 from pico_format import RunPaths
 from pico_format.layout import ANALYSIS
+from pico_format.yaml_file import dump_yaml
 
 log = logging.getLogger("pico_analyze")
 COMPARE_DIR = "analysis-compare"  # compare_runs' default output folder (not inside a run)
@@ -59,7 +58,7 @@ def _finish(
     plots: list[Path] = []
     if cfg.plots:
         plots = (plotting.plot_compare if cross else plotting.plot_run)(rows, out_dir)
-    (out_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    (out_dir / "config.yaml").write_text(dump_yaml(config_to_dict(cfg)))
     steps = {s.name: sorted({r.step for r in rows if r.run == s.name}) for s in sources}
     result = AnalysisResult(
         out_dir=out_dir,

@@ -28,9 +28,10 @@ from pico_format import (
     write_text_atomic,
 )
 from pico_format.layout import TMP_PREFIX
+from pico_format.yaml_file import dump_yaml
 from pico_train import __version__
 from pico_train.checkpoint import model_fingerprint
-from pico_train.config import ConfigError, RunConfig, dump_yaml, read_yaml
+from pico_train.config import ConfigError, RunConfig, read_yaml
 
 
 class RunMismatchError(RuntimeError):
