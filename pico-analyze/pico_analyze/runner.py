@@ -410,7 +410,10 @@ def run_analysis(
     n = workers if workers is not None else cfg.workers
     show = cfg.progress if progress is None else progress
     results = []
-    with tqdm(total=len(steps), desc="checkpoints", unit="ckpt", disable=not show) as bar:
+    # disable=None: tqdm shows the bar on a terminal only (no carriage returns in a log file)
+    with tqdm(
+        total=len(steps), desc="checkpoints", unit="ckpt", disable=None if show else True
+    ) as bar:
         if n is not None and n > 1 and len(steps) > 1:
             chunks = _split(steps, min(n, len(steps)))
             results = _parallel([replace(job, steps=c) for c in chunks], bar)

@@ -254,8 +254,29 @@ def _data_files(path: Path) -> list[str]:
     return files
 
 
+def _check_not_empty(files: list[str], builder: str) -> None:
+    """Name an empty file (or a dataset of zero rows) before `datasets` fails obscurely."""
+    for name in files:
+        if Path(name).stat().st_size == 0:
+            raise DataError(f"data.dataset file '{name}' is empty (0 bytes).")
+    if builder == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            rows = sum(pq.read_metadata(name).num_rows for name in files)
+        except Exception as err:
+            raise DataError(
+                f"Could not read parquet metadata: {type(err).__name__}: {err}"
+            ) from err
+        if rows == 0:
+            where = f"'{files[0]}'" if len(files) == 1 else f"{len(files)} parquet files"
+            raise DataError(f"data.dataset {where} holds no rows.")
+
+
 def _load_local(corpus: Corpus, builder: str) -> Any:
     import datasets
+
+    _check_not_empty(corpus.files, builder)
 
     try:
         # data_files make a single "train" split (data.split names Hub splits only). Map mode

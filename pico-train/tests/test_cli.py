@@ -138,3 +138,15 @@ def test_resume_is_announced_and_the_final_line_counts_this_invocation(tmp_path)
     assert more.exit_code == 0, more.output
     assert f"resuming from step 2 of {tmp_path / 'run'}" in more.output
     assert "done: 2 steps (steps 2 -> 4) in" in more.output
+
+
+def test_progress_without_a_terminal_has_no_carriage_returns(tmp_path):
+    from tiny_runs import TINY
+
+    args = [a for o in TINY for a in ("--set", o)]
+    more = ["run_dir=" + str(tmp_path / "run"), "training.max_steps=3", "checkpointing.every=3"]
+    more += ["checkpointing.steps=[]", "logging.progress=true", "capture.enabled=false"]
+    result = CliRunner().invoke(main, ["train", *args, *[a for o in more for a in ("--set", o)]])
+    assert result.exit_code == 0, result.output
+    assert "\r" not in result.output
+    assert "train: step 3/3, loss " in result.output
