@@ -33,11 +33,13 @@ from pico_format import (
     RunFormatError,
     RunPaths,
     checkpoint_transaction,
+    latest_step,
+    list_checkpoints,
     prune_states,
     read_json,
     write_json_atomic,
 )
-from pico_format.layout import MODEL_CONFIG
+from pico_format.layout import CHECKPOINTS, MODEL_CONFIG
 from pico_train import __version__
 from pico_train.capture import capture_learning_dynamics, rows_for_capture
 from pico_train.config import ModelConfig, RunConfig, TrainingConfig, validate_model
@@ -350,3 +352,65 @@ def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> No
 def model_fingerprint(model: ModelConfig) -> str:
     """Identity of the model shape, to refuse resuming with a different model."""
     return hashlib.sha256(json.dumps(asdict(model), sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------------
+# Finding checkpoints
+# ----------------------------------------------------------------------------------------------
+
+
+def find_checkpoints(
+    path: str | Path, steps: list[int] | str | None = None
+) -> list[CheckpointPaths]:
+    """Checkpoint folders named by a path and steps.
+
+    `path` is a checkpoint folder or a run directory. steps None: the folder itself, or the run's
+    latest checkpoint; a list: those steps of the run (each must exist); "all": every complete
+    checkpoint of the run. Raises RunFormatError naming what is missing.
+    """
+    path = Path(path)
+    if CheckpointPaths(path).model_config.is_file():
+        ckpt = CheckpointPaths(path)
+        if steps is None:
+            return [ckpt]
+        run_root = path.parent.parent if path.parent.name == CHECKPOINTS else None
+        if run_root is None:
+            raise RunFormatError(
+                f"'{path}' is a single model folder, not a run: it has no steps to choose from."
+            )
+        path = run_root
+    run = RunPaths(path)
+    if not run.checkpoints.is_dir():
+        raise RunFormatError(f"'{path}' is neither a checkpoint folder nor a run directory.")
+    have = list_checkpoints(run)
+    if not have:
+        raise RunFormatError(f"Run '{path}' has no complete checkpoint yet.")
+    if steps is None:
+        chosen = [latest_step(run) or have[-1]]
+    elif steps == "all":
+        chosen = have
+    else:
+        missing = [s for s in steps if s not in have]
+        if missing:
+            raise RunFormatError(
+                f"Run '{path}' has no checkpoint at step {', '.join(map(str, missing))} "
+                f"(it has steps {', '.join(map(str, have))})."
+            )
+        chosen = list(steps)
+    return [run.checkpoint(s) for s in chosen]
+
+
+def checkpoint_step(ckpt: CheckpointPaths) -> int | None:
+    """The training step of a checkpoint folder (None for a model folder outside a run)."""
+    try:
+        return ckpt.step
+    except ValueError:
+        return None
+
+
+def run_of(ckpt: CheckpointPaths) -> RunPaths | None:
+    """The run directory holding a checkpoint folder, if it is inside one."""
+    root = ckpt.root.parent.parent
+    if ckpt.root.parent.name == CHECKPOINTS and RunPaths(root).info.is_file():
+        return RunPaths(root)
+    return None

@@ -253,5 +253,74 @@ def generate(checkpoint, prompt, max_new_tokens, temperature, top_p, seed, no_ca
     click.echo(tokenizer.decode(out[0].tolist(), skip_special_tokens=True))
 
 
+@main.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@click.option("--step", type=int, help="Which step of a run (default: the latest).")
+@click.option("--dtype", default="fp16", show_default=True, help="fp16 | bf16 | fp32.")
+@click.option("--gguf", "gguf_type", help="Also write a GGUF file: f16 | q8_0.")
+@click.option("--force", is_flag=True, help="Replace a non-empty --out folder.")
+def export(checkpoint, out, step, dtype, gguf_type, force) -> None:
+    """Export a checkpoint (or a run's step) as safetensors + tokenizer (+ GGUF) + model card."""
+    from pico_train.export import ExportError, export_checkpoint
+
+    try:
+        result = export_checkpoint(
+            checkpoint, out, step=step, dtype=dtype, gguf=gguf_type, force=force, progress=True
+        )
+    except ExportError as err:
+        _fail(str(err))
+    click.echo(
+        f"exported step {result.step} ({result.dtype}) to {result.out}: " + ", ".join(result.files)
+    )
+
+
+@main.command(name="eval")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--tasks", help="Comma-separated lm-eval task names (default: the model card's).")
+@click.option("--steps", help="Comma-separated steps of a run, or 'all' (default: the latest).")
+@click.option("--limit", type=int, help="At most N examples per task (quick looks).")
+@click.option("--include-path", multiple=True, help="A folder of task YAML files (repeatable).")
+@click.option("--num-fewshot", type=int, help="Override every task's number of shots.")
+@click.option("--batch-size", default="8", show_default=True, help="Batch size, or 'auto'.")
+@click.option("--device", help="cpu | cuda | cuda:N (default: cuda when available).")
+@click.option("--allow-code-execution", is_flag=True, help="Allow humaneval (runs model code).")
+def eval_(
+    checkpoint,
+    tasks,
+    steps,
+    limit,
+    include_path,
+    num_fewshot,
+    batch_size,
+    device,
+    allow_code_execution,
+) -> None:
+    """Benchmark checkpoints with lm-eval; writes benchmarks.json into each and prints a table."""
+    from pico_train.harness import HarnessError, evaluate_checkpoints, format_table
+
+    try:
+        chosen = None
+        if steps is not None:
+            chosen = "all" if steps == "all" else [int(s) for s in steps.split(",") if s.strip()]
+        results = evaluate_checkpoints(
+            checkpoint,
+            tasks=None if tasks is None else [t.strip() for t in tasks.split(",") if t.strip()],
+            steps=chosen,
+            limit=limit,
+            include_path=list(include_path),
+            num_fewshot=num_fewshot,
+            batch_size=int(batch_size) if batch_size.isdigit() else batch_size,
+            device=device,
+            allow_code_execution=allow_code_execution,
+            log=lambda m: click.echo(m, err=True),
+        )
+    except ValueError as err:
+        _fail(f"--steps must be 'all' or comma-separated integers ({err}).")
+    except HarnessError as err:
+        _fail(str(err))
+    click.echo(format_table(results))
+
+
 if __name__ == "__main__":
     main()

@@ -108,6 +108,10 @@ PRESETS: dict[str, ModelConfig] = {
     ),
 }
 
+# The tokenizer a preset uses unless data.tokenizer says otherwise (None: a BPE trained on the
+# corpus). The 1b preset's 151,936 vocabulary rows hold Qwen2's 151,646 tokens plus padding.
+PRESET_TOKENIZERS: dict[str, str] = {"1b": "qwen2"}
+
 
 @dataclass
 class DataConfig:
@@ -119,7 +123,8 @@ class DataConfig:
     dataset_config: str | None = None  # the Hub dataset's configuration name, if it has several
     split: str = "train"
     text_column: str = "text"  # raw-text datasets; pre-tokenized ones have `input_ids`
-    # None: train a byte-level BPE on the corpus (cached, saved with the run). Otherwise a Hub
+    # None: train a byte-level BPE on the corpus (cached, saved with the run); "qwen2": the Qwen2
+    # tokenizer, converted offline (qwen2_tokenizer.py; the 1b preset's default). Otherwise a Hub
     # tokenizer name or a local tokenizer.json / tokenizer directory.
     tokenizer: str | None = None
     tokenizer_vocab_size: int = 4096  # only for the trained BPE
@@ -359,6 +364,7 @@ def load_config(
         if name not in PRESETS:
             raise ConfigError(f"Unknown preset '{name}'.{_nearest(str(name), list(PRESETS))}")
         base.model = dataclasses.replace(PRESETS[name])
+        base.data = dataclasses.replace(base.data, tokenizer=PRESET_TOKENIZERS.get(name))
     config = _build(RunConfig, raw, "", base)
     if config.run_dir is None:
         name = Path(path).stem if path is not None else config.preset or "run"

@@ -69,6 +69,19 @@ def setup(device: str | None = None) -> Dist:
     return Dist(rank=rank, world_size=world, device=dev)
 
 
+def describe_hardware(d: Dist) -> str:
+    """What a run trains on, for run.json and the model card: "2 x NVIDIA H200", "1 x CPU (...)"."""
+    if d.device.type == "cuda":
+        name = torch.cuda.get_device_name(d.device)
+    else:
+        import platform
+
+        name = (
+            f"CPU ({platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+        )
+    return f"{d.world_size} x {name}"
+
+
 def teardown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

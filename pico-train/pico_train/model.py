@@ -175,22 +175,22 @@ class PicoDecoder(nn.Module):
         models of different sizes started from differently scaled states.
         ``pytorch_default`` reproduces that for comparisons.
         """
-        c = self.config
-        if c.init == "pytorch_default":
+        config = self.config
+        if config.init == "pytorch_default":
             for module in self.modules():
                 if isinstance(module, (nn.Linear, nn.Embedding)):
                     module.reset_parameters()
                 elif isinstance(module, RMSNorm):
                     nn.init.ones_(module.weight)
             return
-        residual_std = c.init_std / math.sqrt(2 * c.n_layers)
+        residual_std = config.init_std / math.sqrt(2 * config.n_layers)
         for name, p in self.named_parameters():
             if p.ndim == 1:
                 nn.init.ones_(p)
             elif name.endswith(("o_proj.weight", "down_proj.weight")):
                 nn.init.normal_(p, 0.0, residual_std, generator=generator)
             else:
-                nn.init.normal_(p, 0.0, c.init_std, generator=generator)
+                nn.init.normal_(p, 0.0, config.init_std, generator=generator)
 
     def hidden_states(self, input_ids: torch.Tensor, cache: KVCache | None = None):
         """Final-normed hidden states (B, T, d) for token ids (B, T)."""
@@ -292,17 +292,17 @@ def sample_next(
 # ----------------------------------------------------------------------------------------------
 
 
-def parameter_counts(c: ModelConfig) -> dict[str, int]:
+def parameter_counts(config: ModelConfig) -> dict[str, int]:
     """Total parameters, and without the input and output embeddings."""
-    attn = c.d_model * c.head_dim * (2 * c.n_heads + 2 * c.n_kv_heads)
-    mlp = 3 * c.d_model * c.mlp_hidden
-    per_layer = attn + mlp + 2 * c.d_model
-    body = c.n_layers * per_layer + c.d_model
-    embeddings = 2 * c.vocab_size * c.d_model
+    attn = config.d_model * config.head_dim * (2 * config.n_heads + 2 * config.n_kv_heads)
+    mlp = 3 * config.d_model * config.mlp_hidden
+    per_layer = attn + mlp + 2 * config.d_model
+    body = config.n_layers * per_layer + config.d_model
+    embeddings = 2 * config.vocab_size * config.d_model
     return {"total": body + embeddings, "non_embedding": body, "embedding": embeddings}
 
 
-def training_flops_per_token(c: ModelConfig, seq_len: int | None = None) -> int:
+def training_flops_per_token(config: ModelConfig, seq_len: int | None = None) -> int:
     """Forward + backward FLOPs per token: 6 * N_matmul + 12 * n_layers * d * T.
 
     N_matmul counts every weight used in a matrix multiply (all but the input embedding, which
@@ -310,7 +310,11 @@ def training_flops_per_token(c: ModelConfig, seq_len: int | None = None) -> int:
     of T tokens (Kaplan et al. 2020; Chowdhery et al. 2022, appendix B). Causal masking would
     halve the attention term; like PaLM's MFU accounting we do not subtract it.
     """
-    T = seq_len or c.max_seq_len
-    counts = parameter_counts(c)
-    n_matmul = counts["non_embedding"] - (2 * c.n_layers + 1) * c.d_model + c.vocab_size * c.d_model
-    return 6 * n_matmul + 12 * c.n_layers * c.d_model * T
+    T = seq_len or config.max_seq_len
+    counts = parameter_counts(config)
+    n_matmul = (
+        counts["non_embedding"]
+        - (2 * config.n_layers + 1) * config.d_model
+        + config.vocab_size * config.d_model
+    )
+    return 6 * n_matmul + 12 * config.n_layers * config.d_model * T

@@ -170,7 +170,13 @@ def check_run(
     return RunPlan(None)
 
 
-def prepare_run(run: RunPaths, config: RunConfig, data_fingerprint: str, plan: RunPlan) -> None:
+def prepare_run(
+    run: RunPaths,
+    config: RunConfig,
+    data_fingerprint: str,
+    plan: RunPlan,
+    hardware: str | None = None,
+) -> None:
     """Write what `plan` needs (rank 0, holding the run's lock, after the state was read).
 
     Leftovers of interrupted writes are removed; config.yaml is written before run.json, and
@@ -189,7 +195,7 @@ def prepare_run(run: RunPaths, config: RunConfig, data_fingerprint: str, plan: R
                 code_version=code_version(),
                 data_fingerprint=data_fingerprint,
                 model_fingerprint=fingerprint,
-                extra={"host": socket.gethostname()},
+                extra={"host": socket.gethostname(), "hardware": hardware},
             ),
         )
     elif plan.changes:  # forced: record the new identity

@@ -28,7 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pico_format import atomic_path
+from pico_format import atomic_path, write_json_atomic
+from pico_format.layout import TOKENIZER
 from pico_train.config import RunConfig
 from pico_train.corpus import DataError, cache_root, open_corpus, texts_hash
 
@@ -57,7 +58,7 @@ _EOS_CANDIDATES = (EOS_TOKEN, "</s>", "<|end_of_text|>", "<eos>", "<|eos|>")
 
 # Named vocabularies: data.tokenizer value -> "module:function", a function of no arguments that
 # returns the tokenizer. The module is imported only when its name is asked for.
-NAMED_TOKENIZERS: dict[str, str] = {}
+NAMED_TOKENIZERS: dict[str, str] = {"qwen2": "pico_train.qwen2_tokenizer:qwen2_tokenizer"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -102,9 +103,29 @@ def open_tokenizer(name: str) -> PreTrainedTokenizerBase:
     return _hub_tokenizer(name)
 
 
+# transformers 4.x knows no "TokenizersBackend" (5.x's name for a plain fast tokenizer) and reads
+# "extra_special_tokens" as a dict of named tokens; 5.x also loads the 4.x spelling of both.
+_PORTABLE_CLASS = {"TokenizersBackend": "PreTrainedTokenizerFast"}
+
+
 def save_tokenizer(tokenizer: PreTrainedTokenizerBase, folder: str | os.PathLike) -> None:
-    """Write the tokenizer files (tokenizer.json and its config) into a checkpoint folder."""
+    """Write the tokenizer files (tokenizer.json and its config) into a checkpoint folder, in the
+    form transformers 4.x (>= 4.46) and 5.x both load: tokenizer_config.json names the class
+    PreTrainedTokenizerFast and lists extra special tokens as additional_special_tokens."""
     tokenizer.save_pretrained(str(folder))
+    path = Path(folder) / "tokenizer_config.json"
+    if not path.is_file():
+        return
+    config = json.loads(path.read_text())
+    cls = config.get("tokenizer_class")
+    config["tokenizer_class"] = _PORTABLE_CLASS.get(cls, cls)
+    if config.get("backend") == "tokenizers":
+        del config["backend"]
+    extra = config.get("extra_special_tokens")
+    if isinstance(extra, list):
+        del config["extra_special_tokens"]
+        config["additional_special_tokens"] = extra
+    write_json_atomic(path, config)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -130,9 +151,9 @@ def _tokenizer_folder(name: str, path: Path) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     try:
-        if (path / "tokenizer_config.json").is_file() or not (path / "tokenizer.json").is_file():
+        if (path / "tokenizer_config.json").is_file() or not (path / TOKENIZER).is_file():
             return AutoTokenizer.from_pretrained(str(path))
-        return PreTrainedTokenizerFast(tokenizer_file=str(path / "tokenizer.json"))
+        return PreTrainedTokenizerFast(tokenizer_file=str(path / TOKENIZER))
     except Exception as err:
         raise DataError(
             f"data.tokenizer folder '{name}' holds no loadable tokenizer files "
@@ -222,7 +243,7 @@ def bpe_cache_path(
 ) -> Path:
     """Where train_bpe_tokenizer keeps the tokenizer.json for these inputs."""
     key = hashlib.sha256(f"{BPE_VERSION}|{vocab_size}|{texts_hash(texts)}".encode()).hexdigest()
-    return cache_root(cache_dir) / "tokenizers" / key[:32] / "tokenizer.json"
+    return cache_root(cache_dir) / "tokenizers" / key[:32] / TOKENIZER
 
 
 def train_bpe_tokenizer(

@@ -136,7 +136,8 @@ class Trainer:
             if resume_step is not None:
                 forced = f" (forced: {'; '.join(plan.changes)})" if plan.changes else ""
                 print(f"resuming from step {resume_step} of {self.run.root}{forced}", flush=True)
-            prepare_run(self.run, config, self.data.fingerprint, plan)
+            hardware = distributed.describe_hardware(self.dist)
+            prepare_run(self.run, config, self.data.fingerprint, plan, hardware)
             # drop what a killed run logged after its last checkpoint
             truncate_log(self.run.log, resume_step if resume_step is not None else -1)
         self.autocast = autocast_for(config, self.dist.device)

@@ -30,6 +30,7 @@ def _train(run_dir, nproc):
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("distributed")
 def test_two_gloo_ranks_match_one_process(tmp_path):
     _train(tmp_path / "one", 1)

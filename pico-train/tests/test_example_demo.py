@@ -5,9 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo.py"
 
 
+@pytest.mark.slow
 def test_demo_example_runs_end_to_end(tmp_path):
     overrides = [
         f"run_dir={tmp_path / 'demo'}",

@@ -114,10 +114,24 @@ def test_closed_form_counts_match_modules():
         assert body == counts["non_embedding"]
 
 
-def test_flops_per_token_closed_form():
-    c = PRESETS["small"]
-    n_matmul = parameter_counts(c)["non_embedding"] - 25 * 384 + 50304 * 384
-    assert training_flops_per_token(c, 2048) == 6 * n_matmul + 12 * 12 * 384 * 2048
+@pytest.mark.parametrize("cfg", [MHA, GQA], ids=["mha", "gqa"])
+def test_flops_per_token_equal_the_counted_matmuls_of_a_training_step(cfg):
+    """The formula against a measurement: torch's FlopCounterMode counts the multiply-adds of
+    every matrix multiply in one forward and backward. Attention runs in the math backend, which
+    computes the full T x T scores and their backward as plain matmuls (the convention of the
+    formula: no causal halving)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    model = PicoDecoder(cfg)
+    batch, seq_len = 3, cfg.max_seq_len
+    ids = torch.randint(0, cfg.vocab_size, (batch, seq_len + 1))
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model(ids[:, :-1], targets=ids[:, 1:]).backward()
+    measured = counter.get_total_flops()
+    assert measured > 0
+    assert training_flops_per_token(cfg, seq_len) * batch * seq_len == measured
 
 
 def test_scaled_normal_init():

@@ -128,6 +128,7 @@ def _leftovers(run_dir):
     return sorted(str(p) for p in Path(run_dir).rglob(".tmp-*"))
 
 
+@pytest.mark.slow
 def test_sigkill_at_several_points_then_resume_is_bit_exact(reference, tmp_path):
     run_dir = tmp_path / "run"
     points = [
@@ -165,17 +166,20 @@ def test_sigkill_at_several_points_then_resume_is_bit_exact(reference, tmp_path)
     assert list_checkpoints(RunPaths(run_dir)) == list_checkpoints(RunPaths(reference))
 
 
+@pytest.mark.slow
 def test_rerun_of_finished_run_does_nothing(reference):
     proc = _cli(reference)
     assert "already reached step 12" in proc.stdout
 
 
+@pytest.mark.slow
 def test_resume_with_different_model_is_refused(reference):
     proc = _cli(reference, "model.d_model=64", check=False)
     assert proc.returncode != 0
     assert "model.d_model: 32 -> 64" in proc.stderr
 
 
+@pytest.mark.slow
 def test_forced_resume_cannot_change_the_model_shape(reference, tmp_path):
     import shutil
 
@@ -187,6 +191,7 @@ def test_forced_resume_cannot_change_the_model_shape(reference, tmp_path):
     assert {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()} == before
 
 
+@pytest.mark.slow
 def test_run_layout_and_contents(reference):
     run = RunPaths(reference)
     assert list_checkpoints(run) == [0, 1, 3, 6, 9, 12]

@@ -32,6 +32,7 @@ from pico_format.modules import (
     layer_index,
     module_name,
     parse_module_name,
+    weight_name,
 )
 from pico_format.run import (
     RunFormatError,
@@ -87,6 +88,7 @@ __all__ = [
     "read_json",
     "read_run_info",
     "step_dirname",
+    "weight_name",
     "verify_checkpoint",
     "write_bytes_atomic",
     "write_capture",

@@ -2,7 +2,8 @@
 
 Schema (one file per checkpoint, ``CheckpointPaths.benchmarks``)::
 
-    {"step": 300,                        # the checkpoint's training step
+    {"step": 300,                        # the checkpoint's training step (null: a model folder
+                                         # outside a run)
      "harness": "lm-eval",               # which harness produced the scores
      "harness_version": "0.4.13",
      "limit": 50 | null,                 # examples per task (null: the whole task)
@@ -32,8 +33,10 @@ _KEYS = ("step", "harness", "harness_version", "limit", "tasks")
 def _check(data: Any, source: str) -> dict[str, Any]:
     if not isinstance(data, dict) or any(k not in data for k in _KEYS):
         raise RunFormatError(f"{source}: expected the keys {list(_KEYS)}.")
-    if not isinstance(data["step"], int) or not isinstance(data["tasks"], dict):
-        raise RunFormatError(f"{source}: 'step' must be an integer and 'tasks' an object.")
+    if not isinstance(data["step"], (int, type(None))) or not isinstance(data["tasks"], dict):
+        raise RunFormatError(
+            f"{source}: 'step' must be an integer (or null) and 'tasks' an object."
+        )
     for name, task in data["tasks"].items():
         if not isinstance(task, dict) or not isinstance(task.get("metrics"), dict):
             raise RunFormatError(f"{source}: task '{name}' has no 'metrics' object.")

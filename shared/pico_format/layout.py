@@ -5,6 +5,7 @@ RUN/
   config.yaml              the resolved training config
   log.jsonl                one JSON object per logged step (loss, lr, grad norm, tokens/s...)
   latest.json              pointer to the newest complete checkpoint
+  .lock                    held (flock) by the one trainer writing the run
   tensorboard/             TensorBoard event files (logging.tensorboard)
   analysis/                pico-analyze's results table, plots and report for this run
   checkpoints/

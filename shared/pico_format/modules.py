@@ -44,6 +44,11 @@ def parse_module_name(name: str) -> tuple[int, str] | None:
     return (int(match.group(1)), match.group(2) or RESIDUAL) if match else None
 
 
+def weight_name(module: str) -> str:
+    """The key of a module's weight in model.safetensors (``<module>.weight``)."""
+    return f"{module}.weight"
+
+
 def layer_index(name: str) -> int:
     """The block index of a module name, -1 for modules outside the blocks (embeddings, head)."""
     parsed = parse_module_name(name)

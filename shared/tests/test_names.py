@@ -13,6 +13,7 @@ from pico_format import (
     layer_index,
     module_name,
     parse_module_name,
+    weight_name,
     write_bytes_atomic,
 )
 
@@ -23,6 +24,7 @@ def test_module_name_spells_transformers_llama_names():
     assert module_name(11, "mlp.down_proj") == "model.layers.11.mlp.down_proj"
     assert module_name(2, RESIDUAL) == "model.layers.2"  # the block: its output is the stream
     assert module_name("*", "mlp.down_proj") == "model.layers.*.mlp.down_proj"  # a pattern
+    assert weight_name("model.layers.0.mlp.up_proj") == "model.layers.0.mlp.up_proj.weight"
 
 
 @pytest.mark.parametrize("suffix", (*BLOCK_SUFFIXES, RESIDUAL))

@@ -41,7 +41,7 @@ from pico_format.layout import (
     RUN_INFO,
     parse_step_dirname,
 )
-from pico_format.modules import RESIDUAL, module_name
+from pico_format.modules import RESIDUAL, module_name, weight_name
 
 # Small files fetched first from a Hub copy: they list the steps, splits and modules.
 METADATA_NAMES = {
@@ -205,8 +205,8 @@ class PicoRun(Source):
                 with safe_open(str(ckpt.model_weights), framework="pt") as f:
                     keys = set(f.keys())
                     for m in from_model:
-                        if f"{m}.weight" in keys:
-                            out.weights[m] = as_float32(f.get_tensor(f"{m}.weight"), device)
+                        if weight_name(m) in keys:
+                            out.weights[m] = as_float32(f.get_tensor(weight_name(m)), device)
             except (SafetensorError, OSError) as err:
                 raise SourceError(f"Corrupt weights file '{ckpt.model_weights}': {err}.") from None
         return out
