@@ -283,6 +283,22 @@ def test_empty_and_too_small_datasets_name_the_cause(tok, tmp_path):
         build_data(cfg(f"data.dataset={tmp_path / 'tiny.parquet'}"), tok)
 
 
+def test_unreachable_hub_fails_at_once_in_one_line(tmp_path, monkeypatch):
+    import time
+
+    import huggingface_hub.constants as constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    began = time.perf_counter()
+    with pytest.raises(DataError, match="data.dataset 'pico-lm/x' needs the Hugging Face Hub"):
+        build_data(cfg("data.dataset=pico-lm/x", "data.tokenizer_vocab_size=300"))
+    with pytest.raises(DataError, match="data.tokenizer 'pico-lm/no-such' needs the Hugging"):
+        load_tokenizer(cfg("data.tokenizer=pico-lm/no-such"))
+    assert time.perf_counter() - began < 30  # not the clients' minute of retries
+
+
 # ----------------------------------------------------------------------------------------------
 # Stream mode (in a subprocess)
 # ----------------------------------------------------------------------------------------------
