@@ -72,6 +72,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--rows", type=int, default=8 * 2048)
     p.add_argument("--repeat", type=int, default=10)
+    p.add_argument("--shapes", nargs="*", default=list(SHAPES), choices=list(SHAPES))
     a = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     candidates = {
@@ -82,7 +83,8 @@ def main() -> None:
     for lib in ("liger", "cce"):
         if L.available(lib):
             candidates[lib] = ours(lib)
-    for shape, (d, v) in SHAPES.items():
+    for shape in a.shapes:
+        d, v = SHAPES[shape]
         g = torch.Generator(device=device).manual_seed(0)
         h = torch.randn(a.rows, d, device=device, generator=g)
         w = torch.randn(v, d, device=device, generator=g) * 0.02

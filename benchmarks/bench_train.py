@@ -4,9 +4,17 @@
     python benchmarks/bench_train.py --config pico-train/configs/small.yaml \
         --set data.dataset=... --set training.max_steps=30               # any config
 
+    python benchmarks/bench_train.py --preset 1b                      # one preset, default config
+    torchrun --nproc_per_node 2 benchmarks/bench_train.py --preset 1b \
+        --set training.parallelism=fsdp                                  # several GPUs
+
 Trains into a temporary run directory with the real loop (data, checkpoints, captures,
 evaluation included) and prints the total time, the steady tokens/s from the log (median over
-steps, checkpoint steps excluded), and on CUDA the MFU against a peak given by --peak-tflops.
+steps after the second, checkpoint steps excluded), and on CUDA the MFU per GPU against a peak
+given by --peak-tflops and the peak memory allocated on the first GPU. With --preset the run is
+the preset with the default config at full context (2048) for --steps steps; nothing else is
+changed, so compile, the loss and the parallelism are what a user gets with no flags. Under
+torchrun rank 0 prints.
 """
 
 from __future__ import annotations
@@ -31,32 +39,58 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--config", default=str(ROOT / "pico-train" / "configs" / "demo.yaml"))
+    p.add_argument("--config", default=None, help="default: the demo config (without --preset)")
+    p.add_argument("--preset", default=None, help="a preset with the default config")
+    p.add_argument("--steps", type=int, default=12, help="with --preset: steps to run")
     p.add_argument("--set", dest="overrides", action="append", default=[])
     p.add_argument("--threads", type=int, default=os.cpu_count())
-    p.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak (H100 SXM)")
+    p.add_argument(
+        "--peak-tflops", type=float, default=989.0, help="bf16 dense peak (H100/H200 SXM)"
+    )
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    if a.config is None and a.preset is None:
+        a.config = str(ROOT / "pico-train" / "configs" / "demo.yaml")
+    preset = []
+    if a.preset is not None:
+        preset = [
+            f"preset={a.preset}",
+            f"training.max_steps={a.steps}",
+            "training.warmup_steps=2",
+            "checkpointing.every=0",
+            "checkpointing.steps=[]",
+            "data.eval_sequences=8",
+        ]
+    rank0 = os.environ.get("RANK", "0") == "0"
+    world = int(os.environ.get("WORLD_SIZE", "1"))
     with tempfile.TemporaryDirectory() as tmp:
+        run_dir = os.environ.get("BENCH_RUN_DIR", f"{tmp}/run")  # torchrun ranks share one
         config = load_config(
-            a.config, [*a.overrides, f"run_dir={tmp}/run", "logging.progress=false"]
+            a.config, [*preset, *a.overrides, f"run_dir={run_dir}", "logging.progress=false"]
         )
         began = time.perf_counter()
         result = train(config)
         wall = time.perf_counter() - began
         saves = checkpoint_steps(config)
+        log = read_log(RunPaths(result.run_dir).log) if rank0 else []
         rates = [
             r["tokens_per_s"]
-            for r in read_log(RunPaths(result.run_dir).log)
+            for r in log
             if "tokens_per_s" in r and r["step"] not in saves and r["step"] > 2
         ]
+        compile_s = [r["compile_s"] for r in log if "compile_s" in r]
+    if not rank0:
+        return
     device = (
         torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {a.threads} threads"
     )
     rate = statistics.median(rates) if rates else float("nan")
+    name = Path(a.config).name if a.config else "default config"
+    t = config.training
     print(
-        f"{Path(a.config).name} ({config.preset}) on {device}: {config.training.max_steps} "
-        f"steps x {config.training.global_batch_size} x {config.seq_len} tokens"
+        f"{name} ({config.preset}) on {world} x {device}: {t.max_steps} steps x "
+        f"{t.global_batch_size} x {config.seq_len} tokens (micro-batch {t.micro_batch_size}, "
+        f"compile {t.compile}, parallelism {t.parallelism})"
     )
     print(f"  wall time (incl. data, eval, capture, checkpoints): {wall:.1f} s")
     print(f"  steady training throughput: {rate:,.0f} tokens/s")
@@ -64,12 +98,14 @@ def main() -> None:
         f"  loss {result.first_loss:.3f} -> {result.last_loss:.3f}, held-out perplexity "
         f"{result.eval.get('eval_perplexity', float('nan')):.2f}"
     )
+    if compile_s:
+        print(f"  first step (torch.compile included): {compile_s[0]:.1f} s")
     if torch.cuda.is_available():
         flops = training_flops_per_token(config.model, config.seq_len)
-        print(
-            f"  MFU: {rate * flops / (a.peak_tflops * 1e12) * 100:.1f}% of "
-            f"{a.peak_tflops:g} TFLOP/s"
-        )
+        mfu = rate / world * flops / (a.peak_tflops * 1e12) * 100
+        peak = torch.cuda.max_memory_allocated() / 2**30
+        print(f"  MFU per GPU: {mfu:.1f}% of {a.peak_tflops:g} TFLOP/s")
+        print(f"  peak memory allocated (GPU 0): {peak:.1f} GiB")
 
 
 if __name__ == "__main__":

@@ -127,7 +127,9 @@ def _forward_pass(model, rows, cfg, autocast, hooks_for, weights=None):
     device = next(model.parameters()).device
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     grads = [torch.zeros_like(w, dtype=torch.float32) for w in weights] if weights else None
-    for chunk in rows.split(cfg.micro_batch_size):
+    # A rank with no rows (batch smaller than the number of ranks) runs no forward at all; the
+    # collectives that follow are the same on every rank.
+    for chunk in rows.split(cfg.micro_batch_size) if rows.shape[0] else ():
         chunk = chunk.to(device)
         x, y = chunk[:, :-1], chunk[:, 1:]
         handles = hooks_for()
@@ -228,14 +230,17 @@ def _stream_all_positions(model, modules, rows, cfg, dist, autocast, path, n_row
 def rows_for_capture(split: str, rows: torch.Tensor, batch_size: int, dist: Dist):
     """This rank's share of the first `batch_size` sequences of a split's batch.
 
-    train: `rows` are this rank's contiguous slice of the global batch, so rank r keeps the part
-    of its slice that falls among the first batch_size global rows. eval: `rows` is the whole
-    held-out batch on every rank; its first batch_size rows are split contiguously over ranks.
-    Either way, gathering the shares in rank order gives the batch in its global order.
+    The first batch_size rows are split contiguously and evenly over ranks (shares differ by at
+    most one row), so gathering the shares in rank order gives the batch in its global order.
+    eval: `rows` is the whole held-out batch on every rank. train: `rows` is this rank's
+    contiguous slice of the global batch; the slices' leading rows are gathered first (every
+    rank calls this, in the same split order). Keeping each rank's own part of the first
+    batch_size rows instead left later ranks with no rows at all when batch_size was below one
+    rank's share, and an empty forward on CUDA failed on that rank alone.
     """
-    if split == TRAIN_SPLIT:
+    if split == TRAIN_SPLIT and dist.enabled:
         keep = max(0, min(rows.shape[0], batch_size - dist.rank * rows.shape[0]))
-        return rows[:keep]
+        rows = _gather_uneven(rows[:keep].to(dist.device), dist).cpu()
     return rows[:batch_size].tensor_split(dist.world_size)[dist.rank]
 
 

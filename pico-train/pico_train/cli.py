@@ -64,6 +64,38 @@ def describe_model(model: ModelConfig, seq_len: int) -> str:
     return "\n".join(lines)
 
 
+def describe_memory(config: RunConfig, gpus: int, gpu_memory_gib: float | None) -> str:
+    """Estimated memory per GPU under DDP and FSDP2, and what training.parallelism=auto picks."""
+    import torch
+
+    from pico_train.parallelize import COMFORTABLE, choose_parallelism, memory_per_gpu
+
+    if gpu_memory_gib is None:
+        local = torch.cuda.is_available()
+        gpu_memory_gib = torch.cuda.get_device_properties(0).total_memory / 2**30 if local else 80
+    t = config.training
+    need = memory_per_gpu(
+        config.model, config.seq_len, t.micro_batch_size, gpus, t.activation_checkpointing
+    )
+    pick = choose_parallelism(config, gpus, gpu_memory_gib * 2**30)
+    reason = {
+        "single": "one process",
+        "ddp": f"DDP fits in {COMFORTABLE:.0%} of {gpu_memory_gib:g} GiB",
+        "fsdp": f"DDP does not fit in {COMFORTABLE:.0%} of {gpu_memory_gib:g} GiB",
+    }[pick]
+    if t.parallelism != "auto" and gpus > 1:
+        reason = f"training.parallelism={t.parallelism}"
+    return "\n".join(
+        [
+            f"  memory per GPU on {gpus} GPU(s), micro-batch {t.micro_batch_size} x "
+            f"{config.seq_len}, AdamW, bf16 compute (estimate):",
+            f"    DDP  {need['ddp'] / 2**30:7.1f} GiB",
+            f"    FSDP {need['fsdp'] / 2**30:7.1f} GiB",
+            f"  training.parallelism=auto picks: {pick} ({reason})",
+        ]
+    )
+
+
 def describe_run(run: RunPaths) -> str:
     steps = list_checkpoints(run)
     if not steps:
@@ -116,7 +148,13 @@ def _run_paths(run_dir: Path) -> RunPaths:
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="A YAML config.")
 @click.option("--set", "overrides", multiple=True, help="Override: section.key=value.")
 @click.option("--all-presets", is_flag=True, help="Describe every preset.")
-def info(run_dir, preset, config_path, overrides, all_presets) -> None:
+@click.option("--gpus", type=click.IntRange(min=1), help="Estimate memory per GPU on N GPUs.")
+@click.option(
+    "--gpu-memory-gib",
+    type=click.FloatRange(min=1),
+    help="Memory of one GPU for --gpus (default: this machine's GPU, else 80).",
+)
+def info(run_dir, preset, config_path, overrides, all_presets, gpus, gpu_memory_gib) -> None:
     """Describe a preset/config (shape, parameters, FLOPs/token) or a run directory."""
     try:
         for text in overrides:
@@ -137,6 +175,8 @@ def info(run_dir, preset, config_path, overrides, all_presets) -> None:
         click.echo(
             f"preset {config.preset or '(custom)'}:\n{describe_model(config.model, config.seq_len)}"
         )
+        if gpus is not None:
+            click.echo(describe_memory(config, gpus, gpu_memory_gib))
     except (ConfigError, RunFormatError) as err:
         _fail(str(err))
 

@@ -150,7 +150,11 @@ class TrainingConfig:
     weight_decay: float = 0.1  # never on norms and embeddings
     grad_clip: float = 1.0  # 0 disables clipping
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
-    compile: bool = False
+    compile: str = "auto"  # auto (compiled on CUDA, eager on CPU) | true | false
+    # auto: DDP while model, gradients and optimizer state fit comfortably on one device, FSDP2
+    # above (parallelize.choose_parallelism); ddp | fsdp force one. One process: neither.
+    parallelism: str = "auto"
+    activation_checkpointing: bool = False  # recompute each block's activations in backward
     seed: int = 42  # model initialisation and any sampling
     max_bad_steps: int = 5  # non-finite losses in a row before the run stops
 
@@ -196,6 +200,15 @@ class LoggingConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """Several processes (torchrun): how long any collective may wait for the others."""
+
+    # A rank blocked longer than this in a collective (its peers failed or hang) raises and
+    # stops; torchrun also stops every rank as soon as one exits with an error.
+    timeout_s: int = 300
+
+
+@dataclass
 class RunConfig:
     # None: runs/<config file name>, else runs/<preset>, else runs/run (see load_config).
     run_dir: str | None = None
@@ -207,6 +220,7 @@ class RunConfig:
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     capture: CaptureConfig = field(default_factory=CaptureConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     @property
     def seq_len(self) -> int:
@@ -470,6 +484,9 @@ def validate(config: RunConfig) -> None:
     _require(config.evaluation.batch_size > 0, "evaluation.batch_size", "must be positive.")
     _validate_capture(config.capture)
     _require(config.logging.log_every > 0, "logging.log_every", "must be positive.")
+    _require(
+        config.distributed.timeout_s > 0, "distributed.timeout_s", "must be a positive number."
+    )
 
 
 def _validate_data(config: RunConfig) -> None:
@@ -531,6 +548,17 @@ def _validate_training(training: TrainingConfig) -> None:
         training.precision in ("auto", "fp32", "bf16"),
         "training.precision",
         f"'{training.precision}' is not one of auto, fp32, bf16.",
+    )
+    training.compile = str(training.compile).lower()
+    _require(
+        training.compile in ("auto", "true", "false"),
+        "training.compile",
+        f"'{training.compile}' is not one of auto, true, false.",
+    )
+    _require(
+        training.parallelism in ("auto", "ddp", "fsdp"),
+        "training.parallelism",
+        f"'{training.parallelism}' is not one of auto, ddp, fsdp.",
     )
     _require(training.max_bad_steps > 0, "training.max_bad_steps", "must be positive.")
 

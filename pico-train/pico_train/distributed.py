@@ -7,7 +7,10 @@ global batch), so the data order never depends on the number of processes.
 
 from __future__ import annotations
 
+import datetime
 import os
+import sys
+import traceback
 from dataclasses import dataclass
 
 import torch
@@ -55,8 +58,12 @@ class Dist:
         return box[0]
 
 
-def setup(device: str | None = None) -> Dist:
-    """Initialise the process group if launched by torchrun; choose the device."""
+def setup(device: str | None = None, timeout_s: float = 300.0) -> Dist:
+    """Initialise the process group if launched by torchrun; choose the device.
+
+    timeout_s bounds every collective: a rank whose peers stopped answering raises (gloo) or is
+    aborted by the NCCL watchdog after that long instead of waiting forever.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -65,7 +72,12 @@ def setup(device: str | None = None) -> Dist:
     if use_cuda:
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world)
+        dist.init_process_group(
+            "nccl" if use_cuda else "gloo",
+            rank=rank,
+            world_size=world,
+            timeout=datetime.timedelta(seconds=timeout_s),
+        )
     return Dist(rank=rank, world_size=world, device=dev)
 
 
@@ -87,11 +99,55 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
+def stop_on_error(err: BaseException, same_on_every_rank: tuple[type, ...] = ()) -> None:
+    """Under several processes: print this rank's error once and end the process now.
+
+    Returns (so the caller re-raises) when there is one process. Otherwise it never returns:
+    waiting for the process group to shut down cleanly can block forever while a peer sits in a
+    collective (this was the silent capture hang), so the process exits at once (torchrun then
+    stops the other ranks). Errors of the `same_on_every_rank` types (a bad config, run or data
+    that every rank sees alike) are printed by rank 0 only; a collective broken because a peer
+    died or timed out gets one line pointing at that peer's error; any other error is printed
+    by the rank it happened on, with its traceback.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    rank = dist.get_rank()
+    code = 1
+    if isinstance(err, KeyboardInterrupt):
+        message, code = "", 130
+    elif isinstance(err, same_on_every_rank):
+        message, code = (f"error: {err}" if rank == 0 else ""), 2
+    elif _lost_peer(err):
+        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        message = (
+            f"rank {rank} stopped: a collective failed ({first}); see the failing rank's error."
+        )
+    else:
+        trace = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+        message = f"{trace}(the error above happened on rank {rank}; every rank stops)"
+    if message:
+        print(message, file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(code)
+
+
+def _lost_peer(err: BaseException) -> bool:
+    """A collective that failed because another rank exited or stopped answering."""
+    kinds = tuple(
+        getattr(dist, n) for n in ("DistBackendError", "DistNetworkError") if hasattr(dist, n)
+    )
+    text = str(err).lower()
+    signs = ("closed by peer", "reset by peer", "timed out", "timeout", "broken pipe")
+    return isinstance(err, kinds) or (
+        isinstance(err, RuntimeError) and any(s in text for s in signs)
+    )
+
+
 def launch_command(nproc: int, args: list[str]) -> list[str]:
     """The command line that runs `pico-train ARGS` in `nproc` processes on this host (torchrun,
     on a free local port); a plain single process when nproc is 1."""
     import socket
-    import sys
 
     if nproc == 1:
         return [sys.executable, "-m", "pico_train.cli", *args]

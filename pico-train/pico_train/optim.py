@@ -32,7 +32,8 @@ def build_optimizer(
         {"params": [p for _, p in decay], "weight_decay": training.weight_decay},
         {"params": [p for _, p in plain], "weight_decay": 0.0},
     ]
-    on_cuda = all(p.is_cuda for _, p in named)
+    # Fused kernels for plain CUDA tensors; FSDP2's sharded DTensors take the foreach path.
+    on_cuda = all(p.is_cuda and not hasattr(p, "placements") for _, p in named)
     optimizer = torch.optim.AdamW(
         groups,
         lr=training.lr,

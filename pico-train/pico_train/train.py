@@ -19,24 +19,34 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
-from torch.nn.parallel import DistributedDataParallel
 
 from pico_format import EVAL_SPLIT, TRAIN_SPLIT, RunFormatError, RunPaths, latest_step
-from pico_train import distributed
+from pico_train import distributed, loss
 from pico_train.capture import check_capture_modules
 from pico_train.checkpoint import CheckpointContents, load_training_state, write_checkpoint
-from pico_train.config import RunConfig, checkpoint_steps
-from pico_train.data import build_data
+from pico_train.config import ConfigError, RunConfig, checkpoint_steps
+from pico_train.data import DataError, build_data
 from pico_train.evaluate import heldout_loss
 from pico_train.lock import RunLock
 from pico_train.model import PicoDecoder
 from pico_train.monitor import Monitor, check_integrations, truncate_log
 from pico_train.optim import build_optimizer, lr_at
+from pico_train.parallelize import (
+    activation_checkpointing_paused,
+    full_model,
+    optimizer_for_checkpoint,
+    parallelize,
+)
 from pico_train.resume import RunPlan, check_run, prepare_run
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. too many non-finite losses in a row)."""
+
+
+# Raised alike on every rank (the config, run directory, data or loss all ranks share): under
+# torchrun only rank 0 prints them.
+ERRORS_ON_EVERY_RANK = (ConfigError, RunFormatError, DataError, TrainingError)
 
 
 @dataclass
@@ -105,7 +115,7 @@ class Trainer:
         self.config = config
         check_integrations(config.logging)  # before anything is created
         check_capture_modules(config)
-        self.dist = distributed.setup(device)
+        self.dist = distributed.setup(device, config.distributed.timeout_s)
         self.run = RunPaths(config.run_dir)
         self.lock = RunLock(self.run.root) if self.dist.is_main else None
         seed_everything(config.training.seed)
@@ -124,12 +134,19 @@ class Trainer:
             self.run, config, self.data.fingerprint, force, self.dist, self.lock
         )
         resume_step = plan.resume_step
-        self.model = PicoDecoder(config.model).to(self.dist.device)
+        self.autocast = autocast_for(config, self.dist.device)
+        model = PicoDecoder(config.model).to(self.dist.device)
+        if resume_step is not None:  # full weights, before any wrapping or sharding
+            self._load_weights(model, resume_step)
+        bf16 = self.autocast is not nullcontext
+        self.parallel = parallelize(model, config, self.dist, bf16=bf16)
+        self.model = self.parallel.model
+        loss.set_implementation("auto", compile_chunks=self.parallel.compiled)
         self.optimizer, self.param_names = build_optimizer(self.model, config.training)
         self.counters = Counters()
         self.resumed_from = resume_step
         if resume_step is not None:
-            self._restore(resume_step)
+            self._restore_state(resume_step)
         if self.dist.is_main:
             for line in plan.skipped:
                 print(f"warning: {line}; not resumed from it.", flush=True)
@@ -140,28 +157,25 @@ class Trainer:
             prepare_run(self.run, config, self.data.fingerprint, plan, hardware)
             # drop what a killed run logged after its last checkpoint
             truncate_log(self.run.log, resume_step if resume_step is not None else -1)
-        self.autocast = autocast_for(config, self.dist.device)
-        self.ddp = None
-        if self.dist.enabled:
-            ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
-            self.ddp = DistributedDataParallel(self.model, device_ids=ids)
-        forward = self.ddp if self.ddp is not None else self.model
-        self.forward = torch.compile(forward) if config.training.compile else forward
         self.save_steps = checkpoint_steps(config)
+        self._compile_pending = self.parallel.compiled
 
     def close(self) -> None:
         """Release the run directory (also after an error)."""
         if self.lock is not None:
             self.lock.release()
 
-    def _restore(self, step: int) -> None:
-        ckpt = self.run.checkpoint(step)
+    def _load_weights(self, model: PicoDecoder, step: int) -> None:
+        weights = self.run.checkpoint(step).model_weights
         try:
-            state = load_file(str(ckpt.model_weights), device=str(self.dist.device))
-            self.model.load_state_dict(state)
+            model.load_state_dict(load_file(str(weights), device=str(self.dist.device)))
         except (SafetensorError, OSError, RuntimeError) as err:
-            raise RunFormatError(f"Cannot resume from '{ckpt.model_weights}': {err}") from None
-        trainer = load_training_state(ckpt, self.optimizer, self.param_names)
+            raise RunFormatError(f"Cannot resume from '{weights}': {err}") from None
+
+    def _restore_state(self, step: int) -> None:
+        """Optimizer, RNG and counters (the optimizer's full-state view under FSDP)."""
+        optimizer = optimizer_for_checkpoint(self.parallel, self.optimizer, self.param_names)
+        trainer = load_training_state(self.run.checkpoint(step), optimizer, self.param_names)
         self.counters = Counters(**trainer["counters"])
 
     # ------------------------------------------------------------------------------------------
@@ -177,16 +191,14 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.dist.device)
         for i, chunk in enumerate(micro):
             chunk = chunk.to(self.dist.device, non_blocking=True)
-            last = i == len(micro) - 1
-            # DDP all-reduces gradients on the last micro-batch only.
-            sync = self.ddp.no_sync() if self.ddp is not None and not last else nullcontext()
-            with sync:
+            # DDP and FSDP reduce gradients over ranks on the last micro-batch only.
+            with self.parallel.grad_sync(last=i == len(micro) - 1):
                 with self.autocast():
-                    loss = self.forward(chunk[:, :-1], chunk[:, 1:]) / len(micro)
+                    loss = self.parallel.forward(chunk[:, :-1], chunk[:, 1:]) / len(micro)
                 loss.backward()
             loss_sum += loss.detach()
         max_norm = training.grad_clip if training.grad_clip > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        grad_norm = self.parallel.clip_grad_norm(max_norm)
         return self.dist.sum(loss_sum) / self.dist.world_size, grad_norm
 
     def fit(self) -> TrainResult:
@@ -238,6 +250,11 @@ class Trainer:
             result.first_loss = loss_value
         result.last_loss = loss_value
         self._log_step(monitor, loss_value, lr, norm_value, tokens_per_s)
+        if self._compile_pending:  # the first step of a compiled model includes compiling it
+            self._compile_pending = False
+            seconds = time.perf_counter() - tick
+            monitor.log({"step": counters.step, "compile_s": seconds})
+            monitor.write(f"torch.compile: first step {seconds:.1f} s, compilation included.")
         if counters.bad_in_row >= training.max_bad_steps:
             raise TrainingError(
                 f"{counters.bad_in_row} non-finite losses in a row at step {counters.step} "
@@ -264,10 +281,12 @@ class Trainer:
             )
         monitor.progress(counters.step, loss, lr, tokens_per_s)
 
-    def _refuse_nonfinite_weights(self, step: int) -> None:
-        """A checkpoint is a promise of usable weights: never save NaN/inf ones."""
+    def _refuse_nonfinite_weights(self, step: int, model: PicoDecoder) -> None:
+        """A checkpoint is a promise of usable weights: never save NaN/inf ones.
+
+        `model` holds the full weights on every rank, so every rank decides alike."""
         with torch.no_grad():
-            bad = [n for n, p in self.model.named_parameters() if not torch.isfinite(p).all()]
+            bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
         if bad:
             good = latest_step(self.run) if self.dist.is_main else None
             kept = f"step {good}" if good is not None else "none yet"
@@ -291,29 +310,37 @@ class Trainer:
 
         train_batch: this rank's rows of the global batch that step `step` trained on.
         """
-        self._refuse_nonfinite_weights(step)
+        model = full_model(self.parallel)  # gathered from the shards under FSDP
+        self._refuse_nonfinite_weights(step, model)
         eval_rows = self.data.eval_batch()
-        scores = self.evaluate(step, eval_rows, monitor) if self.config.evaluation.enabled else {}
-        if scores:
+        scores = {}
+        if self.config.evaluation.enabled:
+            scores = self.evaluate(step, eval_rows, monitor, model)
             result.eval = scores
+        optimizer = optimizer_for_checkpoint(
+            self.parallel, self.optimizer, self.param_names, gather=True
+        )
         contents = CheckpointContents(
             step=step,
-            model=self.model,
+            model=model,
             tokenizer=self.tokenizer,
-            optimizer=self.optimizer,
+            optimizer=optimizer,
             param_names=self.param_names,
             counters=asdict(self.counters),
             data_fingerprint=self.data.fingerprint,
             scores=scores,
             batches={TRAIN_SPLIT: train_batch, EVAL_SPLIT: eval_rows},
         )
-        write_checkpoint(self.run, contents, self.config, self.dist, self.autocast)
+        with activation_checkpointing_paused():
+            write_checkpoint(self.run, contents, self.config, self.dist, self.autocast)
         result.checkpoints.append(step)
 
-    def evaluate(self, step: int, eval_rows: torch.Tensor, monitor: Monitor) -> dict[str, float]:
+    def evaluate(
+        self, step: int, eval_rows: torch.Tensor, monitor: Monitor, model: PicoDecoder
+    ) -> dict[str, float]:
         """Held-out loss and perplexity at `step`, logged and printed."""
         scores = heldout_loss(
-            self.model, eval_rows, self.config.evaluation.batch_size, self.dist, self.autocast
+            model, eval_rows, self.config.evaluation.batch_size, self.dist, self.autocast
         )
         monitor.log({"step": step, **scores})
         monitor.write(
@@ -328,8 +355,12 @@ def train(config: RunConfig, *, force: bool = False, device: str | None = None) 
     try:
         trainer = Trainer(config, force=force, device=device)
         try:
-            return trainer.fit()
+            result = trainer.fit()
         finally:
             trainer.close()
-    finally:
-        distributed.teardown()
+    except BaseException as err:
+        # Under torchrun: print the error once and exit now, never wait on the other ranks.
+        distributed.stop_on_error(err, same_on_every_rank=ERRORS_ON_EVERY_RANK)
+        raise
+    distributed.teardown()
+    return result

@@ -118,3 +118,54 @@ def test_loss_implementations_match_plain_on_cuda(impl, monkeypatch):
                 torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-6)
     finally:
         L.set_implementation("auto")
+
+
+# ----------------------------------------------------------------------------------------------
+# Two GPUs (NCCL): run on the lent 2-GPU machine
+# ----------------------------------------------------------------------------------------------
+
+two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+GPU_RUN = [
+    "training.max_steps=4",
+    "training.global_batch_size=8",
+    "training.micro_batch_size=2",
+    "checkpointing.every=2",
+    "checkpointing.steps=[]",
+    "capture.batch_size=1",  # the second rank holds none of it: the shape that hung
+    "distributed.timeout_s=120",
+]
+
+
+def _torchrun(run_dir, *extra):
+    import os
+    import subprocess
+
+    from pico_train.distributed import launch_command
+
+    from tiny_runs import TINY
+
+    sets = [*TINY, *GPU_RUN, f"run_dir={run_dir}", *extra]
+    cmd = launch_command(2, ["train", *[a for o in sets for a in ("--set", o)]])
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return [r["loss"] for r in read_log(RunPaths(run_dir).log) if "loss" in r]
+
+
+@two_gpus
+@pytest.mark.slow
+def test_two_gpus_ddp_and_fsdp_agree_and_capture_a_batch_smaller_than_a_share(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from pico_train.checkpoint import load_model
+
+    ddp = _torchrun(tmp_path / "ddp", "training.parallelism=ddp")
+    fsdp = _torchrun(tmp_path / "fsdp", "training.parallelism=fsdp")
+    assert len(ddp) == len(fsdp) == 4
+    torch.testing.assert_close(torch.tensor(fsdp), torch.tensor(ddp), rtol=2e-2, atol=0)
+    for name in ("ddp", "fsdp"):
+        ckpt = RunPaths(tmp_path / name).checkpoint(4)
+        assert CaptureReader(ckpt, "train").manifest.batch_size == 1
+        ours = load_model(ckpt.root)
+        hf = AutoModelForCausalLM.from_pretrained(str(ckpt.root))
+        x = torch.randint(0, ours.config.vocab_size, (1, 16))
+        torch.testing.assert_close(hf(x).logits, ours(x), atol=1e-4, rtol=1e-4)

@@ -1,0 +1,282 @@
+"""Parallelism applied from outside the model: DDP or FSDP2, activation checkpointing, compile.
+
+Reads the model (model.py, which knows nothing of this), the TrainingConfig and the process group
+(distributed.py); returns a :class:`Parallel` that the loop trains through. Also gives the
+checkpoint writer what it needs under FSDP: the full (gathered) model and optimizer state, in the
+same layout a single process writes, so checkpoints do not depend on the number of processes.
+
+- one process: the model as it is;
+- DDP: every rank holds the whole model, gradients are averaged once per optimizer step;
+- FSDP2 (`torch.distributed.fsdp.fully_shard`, one unit per block plus the root for embeddings,
+  final norm and head): parameters, gradients and optimizer state are sharded over ranks; on
+  bf16 runs blocks compute in bf16 from fp32 master weights and gradients are reduced in fp32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from pico_train.config import ModelConfig, RunConfig, TrainingConfig
+from pico_train.distributed import Dist
+from pico_train.model import PicoDecoder, parameter_counts
+
+# DDP while its estimate stays under this share of one device's memory (room for fragmentation,
+# the allocator's cache and what the estimate leaves out).
+COMFORTABLE = 0.7
+
+
+@dataclass
+class Parallel:
+    """How the loop trains: the mode, the callable it runs, and the wrapped modules."""
+
+    mode: str  # "single" | "ddp" | "fsdp"
+    model: PicoDecoder  # holds the parameters the optimizer steps (sharded DTensors under fsdp)
+    forward: Callable[..., torch.Tensor]  # (input_ids, targets) -> mean loss
+    compiled: bool
+    ddp: nn.Module | None = None
+
+    def grad_sync(self, last: bool):
+        """Context for one micro-batch's backward: reduce gradients on the last one only."""
+        if self.mode == "ddp" and not last:
+            return self.ddp.no_sync()
+        if self.mode == "fsdp":
+            self.model.set_requires_gradient_sync(last)
+        return nullcontext()
+
+    def clip_grad_norm(self, max_norm: float) -> torch.Tensor:
+        """Clip the global gradient norm; returns it as a plain device tensor."""
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+
+
+# ----------------------------------------------------------------------------------------------
+# Choosing
+# ----------------------------------------------------------------------------------------------
+
+
+def compile_enabled(training: TrainingConfig, device: torch.device) -> bool:
+    """training.compile: auto compiles on CUDA only (compiling costs more than it saves on CPU)."""
+    if training.compile == "auto":
+        return device.type == "cuda"
+    return training.compile == "true"
+
+
+def memory_per_gpu(
+    m: ModelConfig, seq_len: int, micro_batch: int, n_gpus: int, activation_checkpointing: bool
+) -> dict[str, float]:
+    """Estimated peak bytes per GPU for DDP and FSDP2 (bf16 compute, fp32 AdamW state).
+
+    States: 16 bytes per parameter (fp32 weight, fp32 gradient, two fp32 Adam moments), all on
+    every GPU under DDP, 1/n_gpus of them under FSDP2 plus the gathered bf16 weights and fp32
+    gradients of the root (embeddings, head) and two blocks in flight. Activations kept for the
+    backward, per token and layer, in bf16: the block input and norm outputs (3d), q/k/v and
+    attention output (d + 2 kv + d), o_proj output (d), the MLP's gate, up, silu and product
+    (4h), and fp32 residuals (4d words); with activation checkpointing only the block input
+    (fp32) plus one block's worth. The loss adds about 1 GiB (loss.CHUNK_ELEMENTS fp32 block
+    and its gradient). An estimate: measured peaks are in BENCHMARKS.md.
+    """
+    counts = parameter_counts(m)
+    n = counts["total"]
+    block = (counts["non_embedding"] - m.d_model) / m.n_layers
+    root = n - block * m.n_layers
+    kv = m.n_kv_heads * m.head_dim
+    per_token_layer = 2 * (3 * m.d_model + 2 * m.d_model + 2 * kv + m.d_model + 4 * m.mlp_hidden)
+    per_token_layer += 4 * 2 * m.d_model
+    tokens = micro_batch * seq_len
+    if activation_checkpointing:
+        activations = tokens * (4 * m.d_model * m.n_layers + per_token_layer)
+    else:
+        activations = tokens * per_token_layer * m.n_layers
+    loss = 2 * 4 * (1 << 26) + 4 * m.vocab_size * m.d_model
+    ddp = 16 * n + activations + loss
+    fsdp = 16 * n / n_gpus + 6 * (root + 2 * block) + activations + loss
+    return {"ddp": float(ddp), "fsdp": float(fsdp)}
+
+
+def choose_parallelism(config: RunConfig, world_size: int, device_memory: float | None) -> str:
+    """training.parallelism resolved: "single" for one process, else "ddp" or "fsdp".
+
+    auto: DDP while its estimate (memory_per_gpu) is under COMFORTABLE x device_memory, FSDP2
+    above; CPU processes (device_memory None) use DDP.
+    """
+    t = config.training
+    if world_size == 1:
+        return "single"
+    if t.parallelism != "auto":
+        return t.parallelism
+    if device_memory is None:
+        return "ddp"
+    need = memory_per_gpu(
+        config.model, config.seq_len, t.micro_batch_size, world_size, t.activation_checkpointing
+    )["ddp"]
+    return "ddp" if need <= COMFORTABLE * device_memory else "fsdp"
+
+
+def device_memory(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    return float(torch.cuda.get_device_properties(device).total_memory)
+
+
+# ----------------------------------------------------------------------------------------------
+# Applying
+# ----------------------------------------------------------------------------------------------
+
+_checkpointing = {"paused": False}
+
+
+@contextmanager
+def activation_checkpointing_paused():
+    """Run blocks plainly inside (the capture's hooks must see each forward exactly once)."""
+    before = _checkpointing["paused"]
+    _checkpointing["paused"] = True
+    try:
+        yield
+    finally:
+        _checkpointing["paused"] = before
+
+
+def _checkpoint_block(block: nn.Module) -> None:
+    """Recompute the block's activations in backward; keeps module and parameter names."""
+    forward = block.forward
+
+    def run(*args, **kwargs):
+        if _checkpointing["paused"] or not torch.is_grad_enabled():
+            return forward(*args, **kwargs)
+        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+    block.forward = run
+
+
+def parallelize(model: PicoDecoder, config: RunConfig, dist: Dist, bf16: bool) -> Parallel:
+    """Apply activation checkpointing, DDP or FSDP2 and compile, per the config.
+
+    Call before building the optimizer: under FSDP2 the parameters become sharded DTensors.
+    `bf16`: the run computes in bf16 (autocast); FSDP2 then gathers bf16 weights.
+    """
+    t = config.training
+    mode = choose_parallelism(config, dist.world_size, device_memory(dist.device))
+    compiled = compile_enabled(t, dist.device)
+    if t.activation_checkpointing:
+        for block in model.model.layers:
+            _checkpoint_block(block)
+    if mode == "fsdp":
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        policy = MixedPrecisionPolicy(
+            param_dtype=torch.bfloat16 if bf16 else None, reduce_dtype=torch.float32
+        )
+        for block in model.model.layers:
+            if compiled:
+                block.compile()  # per block, as torchtitan does: names stay unchanged
+            fully_shard(block, mp_policy=policy)
+        fully_shard(model, mp_policy=policy)
+        return Parallel(mode, model, model, compiled)
+    ddp = None
+    forward: Callable[..., torch.Tensor] = model
+    if mode == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [dist.device.index] if dist.device.type == "cuda" else None
+        ddp = forward = DistributedDataParallel(model, device_ids=ids)
+    if compiled:
+        forward = torch.compile(forward)
+    return Parallel(mode, model, forward, compiled, ddp)
+
+
+# ----------------------------------------------------------------------------------------------
+# Full state for checkpoints (every rank calls these: under FSDP2 they gather)
+# ----------------------------------------------------------------------------------------------
+
+
+def full_model(par: Parallel) -> PicoDecoder:
+    """The model with all its weights on this rank's device.
+
+    The model itself, except under FSDP2: there an unsharded copy (fp32, a plain PicoDecoder)
+    gathered from the shards, so evaluation, capture and the model files run the same code as
+    one process. Built on the meta device and filled, so no random number is drawn.
+    """
+    if par.mode != "fsdp":
+        return par.model
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(par.model, options=StateDictOptions(full_state_dict=True))
+    device = par.model.rope_cos.device
+    with torch.device("meta"):
+        copy = PicoDecoder(par.model.config)
+    copy.to_empty(device=device)
+    copy.load_state_dict(state)
+    copy.rope_cos.copy_(par.model.rope_cos)
+    copy.rope_sin.copy_(par.model.rope_sin)
+    return copy
+
+
+class FullOptimizerState:
+    """An optimizer's state_dict()/load_state_dict() in the one-process layout (full tensors,
+    parameters numbered in `param_names` order) for an FSDP2-sharded optimizer."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, names: list[str]):
+        self.model, self.optimizer, self.names = model, optimizer, names
+        self._snapshot: dict[str, Any] | None = None
+
+    def gather(self) -> FullOptimizerState:
+        """Collect the full state now (a collective: every rank calls it)."""
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_optimizer_state_dict,
+        )
+
+        full = get_optimizer_state_dict(
+            self.model, self.optimizer, options=StateDictOptions(full_state_dict=True)
+        )
+        index = {name: i for i, name in enumerate(self.names)}
+        self._snapshot = {
+            "state": {
+                index[n]: {k: _cpu(v) for k, v in s.items()} for n, s in full["state"].items()
+            },
+            "param_groups": [
+                {**g, "params": [index[n] for n in g["params"]]} for g in full["param_groups"]
+            ],
+        }
+        return self
+
+    def state_dict(self) -> dict[str, Any]:
+        if self._snapshot is None:
+            raise RuntimeError("FullOptimizerState.gather() must run on every rank first.")
+        return self._snapshot
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_optimizer_state_dict,
+        )
+
+        full = {
+            "state": {self.names[i]: s for i, s in state["state"].items()},
+            "param_groups": [
+                {**g, "params": [self.names[i] for i in g["params"]]} for g in state["param_groups"]
+            ],
+        }
+        set_optimizer_state_dict(
+            self.model, self.optimizer, full, options=StateDictOptions(full_state_dict=True)
+        )
+
+
+def _cpu(value):
+    return value.detach().cpu() if torch.is_tensor(value) else value
+
+
+def optimizer_for_checkpoint(par: Parallel, optimizer, names: list[str], gather: bool = False):
+    """What save_training_state/load_training_state read and write: the optimizer itself, or
+    under FSDP2 its full-state view (gathered now on every rank when `gather`, for saving)."""
+    if par.mode != "fsdp":
+        return optimizer
+    view = FullOptimizerState(par.model, optimizer, names)
+    return view.gather() if gather else view

@@ -1,0 +1,273 @@
+"""Parallelism from outside the model: FSDP2 and DDP over gloo equal one process, resume on a
+different number of processes, a failing rank stops every rank, two torchrun "nodes"."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pico_format import CaptureReader, RunPaths, latest_step
+from pico_train.config import load_config
+from pico_train.distributed import Dist, launch_command
+from pico_train.model import PicoDecoder, parameter_counts
+from pico_train.monitor import read_log
+from pico_train.parallelize import (
+    activation_checkpointing_paused,
+    choose_parallelism,
+    compile_enabled,
+    memory_per_gpu,
+    parallelize,
+)
+from pico_train.train import train
+
+from tiny_runs import TINY
+
+# Four steps at a constant lr (so a run stopped at step 2 and resumed equals one of 4 steps),
+# one sequence per micro-batch (FSDP's and DDP's no-sync path), a capture batch of one row: the
+# second rank holds none of it (the shape that hung on GPUs).
+SETTINGS = [
+    *TINY,
+    "training.max_steps=4",
+    "training.schedule=constant",
+    "training.warmup_steps=1",
+    "training.micro_batch_size=1",
+    "checkpointing.every=2",
+    "checkpointing.steps=[]",
+    "capture.batch_size=1",
+    "distributed.timeout_s=60",
+]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _losses(run_dir):
+    return torch.tensor([r["loss"] for r in read_log(RunPaths(run_dir).log) if "loss" in r])
+
+
+def _cli_args(run_dir, *extra):
+    return [a for o in [*SETTINGS, f"run_dir={run_dir}", *extra] for a in ("--set", o)]
+
+
+def _run(cmd, timeout=240):
+    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One process, four uninterrupted steps."""
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    train(load_config(overrides=[*SETTINGS, f"run_dir={run_dir}"]))
+    return run_dir
+
+
+@pytest.mark.slow
+def test_fsdp_on_two_ranks_equals_one_process_and_resumes_on_one(reference, tmp_path):
+    run_dir = tmp_path / "fsdp"
+    # Activation checkpointing recomputes exactly (fp32): it changes nothing either.
+    extra = ["training.parallelism=fsdp", "training.activation_checkpointing=true"]
+    args = _cli_args(run_dir, *extra, "training.max_steps=2")
+    _run(launch_command(2, ["train", *args]))
+    ref, run = RunPaths(reference), RunPaths(run_dir)
+    # The checkpoint written under FSDP is the one-process checkpoint: same files, same values.
+    ours, theirs = run.checkpoint(2), ref.checkpoint(2)
+    for name in ("model_weights", "optimizer"):
+        a, b = load_file(str(getattr(ours, name))), load_file(str(getattr(theirs, name)))
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
+    for split in ("train", "eval"):
+        a, b = CaptureReader(ours, split), CaptureReader(theirs, split)
+        assert a.manifest.token_ids == b.manifest.token_ids
+        for kind in ("activations", "weights", "gradients"):
+            for module in b.modules(kind):
+                torch.testing.assert_close(
+                    a.get(kind, module), b.get(kind, module), rtol=1e-4, atol=1e-6
+                )
+    # Resume the 2-process FSDP run in one process: the loss curve continues unchanged.
+    train(load_config(overrides=[*SETTINGS, f"run_dir={run_dir}"]))
+    assert latest_step(run) == 4
+    torch.testing.assert_close(_losses(run_dir), _losses(reference), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_one_process_run_resumes_on_two_ddp_ranks(reference, tmp_path):
+    run_dir = tmp_path / "grow"
+    train(load_config(overrides=[*SETTINGS, f"run_dir={run_dir}", "training.max_steps=2"]))
+    _run(launch_command(2, ["train", *_cli_args(run_dir, "training.parallelism=ddp")]))
+    torch.testing.assert_close(_losses(run_dir), _losses(reference), rtol=1e-5, atol=1e-6)
+
+
+FAULT = """
+import os, sys, time
+import pico_train.checkpoint as checkpoint
+real = checkpoint.capture_learning_dynamics
+def failing(*args, **kwargs):
+    if os.environ["RANK"] == "1":
+        if sys.argv[1] == "hang":
+            time.sleep(3600)
+        raise RuntimeError("injected failure inside a checkpoint")
+    return real(*args, **kwargs)
+del sys.argv[1]
+checkpoint.capture_learning_dynamics = failing
+from pico_train.cli import main
+main()
+"""
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _fault_command(tmp_path, fault, timeout_s):
+    script = tmp_path / "fault.py"
+    script.write_text(FAULT)
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}",
+        str(script),
+        fault,
+        "train",
+        *_cli_args(tmp_path / "run", f"distributed.timeout_s={timeout_s}"),
+    ]
+
+
+@pytest.mark.slow
+def test_a_rank_failing_inside_a_checkpoint_stops_every_rank(tmp_path):
+    cmd = _fault_command(tmp_path, "raise", 30)
+    began = time.perf_counter()
+    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=240)
+    elapsed = time.perf_counter() - began
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    # The error is printed once, by the rank it happened on; the other rank says it stopped.
+    assert output.count("RuntimeError: injected failure inside a checkpoint") == 1, output[-4000:]
+    assert "happened on rank 1" in output and "rank 0 stopped" in output
+    assert elapsed < 150  # bounded: start-up plus two steps, nowhere near a hang
+    assert latest_step(RunPaths(tmp_path / "run")) is None  # no half checkpoint published
+
+
+@pytest.mark.slow
+def test_a_rank_hanging_inside_a_checkpoint_times_out_the_others(tmp_path):
+    """No rank waits forever: rank 1 never answers, rank 0's collective gives up after
+    distributed.timeout_s and stops, and torchrun then stops rank 1."""
+    began = time.perf_counter()
+    proc = subprocess.run(
+        _fault_command(tmp_path, "hang", 5), env=ENV, capture_output=True, text=True, timeout=240
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "rank 0 stopped: a collective failed" in output, output[-3000:]
+    assert time.perf_counter() - began < 150
+
+
+@pytest.mark.slow
+def test_two_torchrun_nodes_equal_one_process(reference, tmp_path):
+    port = _free_port()
+    run_dir = tmp_path / "nodes"
+    node = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes=2",
+        "--nproc_per_node=1",
+        "--rdzv_backend=c10d",
+        f"--rdzv_endpoint=127.0.0.1:{port}",
+        "--rdzv_id=pico-test",
+        "-m",
+        "pico_train.cli",
+        "train",
+        *_cli_args(run_dir),
+    ]
+    agents = [
+        subprocess.Popen(node, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    try:
+        outputs = [a.communicate(timeout=240) for a in agents]
+    finally:
+        for a in agents:
+            if a.poll() is None:
+                a.kill()
+    assert [a.returncode for a in agents] == [0, 0], [o[1][-2000:] for o in outputs]
+    torch.testing.assert_close(_losses(run_dir), _losses(reference), rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------
+# In one process
+# ----------------------------------------------------------------------------------------------
+
+
+def test_auto_choices():
+    config = load_config(overrides=["preset=1b"])
+    assert compile_enabled(config.training, torch.device("cpu")) is False
+    assert compile_enabled(config.training, torch.device("cuda")) is True
+    config.training.compile = "false"
+    assert compile_enabled(config.training, torch.device("cuda")) is False
+    assert choose_parallelism(config, 1, 80e9) == "single"
+    assert choose_parallelism(config, 2, None) == "ddp"  # CPU processes
+    assert choose_parallelism(config, 2, 141e9) == "ddp"  # 1b fits one H200 comfortably
+    assert choose_parallelism(config, 2, 24e9) == "fsdp"  # not a 24 GB card
+    config.training.parallelism = "fsdp"
+    assert choose_parallelism(config, 2, 141e9) == "fsdp"
+
+
+def test_memory_estimate_orders_and_scales():
+    m = load_config(overrides=["preset=1b"]).model
+    one = memory_per_gpu(m, 2048, 8, 1, False)
+    four = memory_per_gpu(m, 2048, 8, 4, False)
+    assert four["ddp"] == one["ddp"]  # DDP replicates everything
+    assert four["fsdp"] < one["fsdp"] and four["fsdp"] < four["ddp"]
+    # What sharding saves: 3/4 of the 16 bytes per parameter, less the gathered root (embedding
+    # and head) and two blocks in bf16 weights + fp32 gradients.
+    n, body = 1_457_596_416, parameter_counts(m)["non_embedding"]
+    block = (body - m.d_model) / m.n_layers
+    gathered = 6 * (n - block * m.n_layers + 2 * block)
+    assert one["ddp"] > 16 * n
+    assert four["ddp"] - four["fsdp"] == pytest.approx(16 * n * 3 / 4 - gathered)
+    recomputed = memory_per_gpu(m, 2048, 8, 4, True)
+    assert recomputed["fsdp"] < four["fsdp"]
+
+
+def test_activation_checkpointing_same_gradients_and_capture_sees_one_forward():
+    config = load_config(overrides=[*TINY, "training.activation_checkpointing=true"])
+    torch.manual_seed(0)
+    plain = PicoDecoder(config.model)
+    recomputing = PicoDecoder(config.model)
+    recomputing.load_state_dict(plain.state_dict())
+    par = parallelize(recomputing, config, Dist(), bf16=False)
+    assert par.mode == "single" and not par.compiled
+    x = torch.randint(0, config.model.vocab_size, (2, 16))
+    grads = [torch.autograd.grad(m(x, x), list(m.parameters())) for m in (plain, recomputing)]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+    calls = []
+    handle = recomputing.model.layers[0].register_forward_hook(lambda *a: calls.append(1))
+    with activation_checkpointing_paused():
+        torch.autograd.grad(recomputing(x, x), list(recomputing.parameters()))
+    handle.remove()
+    assert len(calls) == 1
+
+
+def test_info_estimates_memory_per_gpu_and_names_the_choice():
+    from click.testing import CliRunner
+
+    from pico_train.cli import main
+
+    small_card = ["info", "--preset", "1b", "--gpus", "2", "--gpu-memory-gib", "24"]
+    out = CliRunner().invoke(main, small_card).output
+    assert "DDP" in out and "FSDP" in out and "auto picks: fsdp" in out
+    out = CliRunner().invoke(
+        main, ["info", "--preset", "1b", "--gpus", "2", "--gpu-memory-gib", "141"]
+    )
+    assert "auto picks: ddp" in out.output
