@@ -277,7 +277,9 @@ def _load_local(corpus: Corpus, builder: str) -> Any:
     import datasets
 
     _check_not_empty(corpus.files, builder)
-
+    # Converting local files takes seconds: no "Generating train split" bars in the output.
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
     try:
         # data_files make a single "train" split (data.split names Hub splits only). Map mode
         # converts the files to arrow under pico's cache, not the Hub download cache.
@@ -293,6 +295,9 @@ def _load_local(corpus: Corpus, builder: str) -> Any:
             f"Could not read data.dataset '{corpus.label}' as {builder} files: "
             f"{type(err).__name__}: {err}"
         ) from err
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
 
 
 HUB_TIMEOUT_S = 5.0
