@@ -24,6 +24,9 @@ from pico_train.train import train
 
 from tiny_runs import TINY, tiny_config
 
+# One worker builds the module's workspace once (make test runs with --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("walk")
+
 SHORT = ["training.max_steps=2", "checkpointing.every=2", "checkpointing.steps=[]"]
 
 

@@ -17,6 +17,9 @@ from pico_train.train import TrainingError, train
 
 from tiny_runs import tiny_config
 
+# One worker builds the module's workspace once (make test runs with --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("run_safety")
+
 SHORT = ["training.max_steps=4", "checkpointing.every=2", "checkpointing.steps=[]"]
 
 
