@@ -34,6 +34,7 @@ from pico_format.layout import (
     CheckpointPaths,
     RunPaths,
 )
+from pico_format.modules import weight_name
 from pico_format.run import RunFormatError, read_json, write_json_atomic
 
 __all__ = [
@@ -174,7 +175,7 @@ class CaptureReader:
         """The safetensors file and key holding `kind` of `module` (weights may live in the
         checkpoint's model.safetensors)."""
         if kind == "weights" and self.manifest.weights_in_model:
-            return self.ckpt.model_weights, f"{module}.weight"
+            return self.ckpt.model_weights, weight_name(module)
         return self.ckpt.capture_file(self.split, kind), module
 
     def texts(self) -> list[str] | None:
