@@ -16,7 +16,7 @@ PYTEST  = $(BIN)/python -m pytest -n 2 --dist loadgroup -q shared/tests pico-tra
 export OMP_NUM_THREADS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test test-fast demo lint bench clean
+.PHONY: install test test-fast demo sweep lint bench clean
 
 install: $(STAMP)
 
@@ -40,6 +40,15 @@ test-fast: install
 
 demo: install
 	OMP_NUM_THREADS=$$(nproc) $(BIN)/python examples/demo.py
+
+SWEEP_PRESETS ?= demo-w32,demo-w64,demo-w64-l8,demo
+SWEEP_RUNS = $(addprefix runs/sweep/,$(subst $(comma), ,$(SWEEP_PRESETS)))
+comma := ,
+
+sweep: install
+	OMP_NUM_THREADS=$$(nproc) $(BIN)/pico-train sweep --config examples/sweep.yaml --presets $(SWEEP_PRESETS)
+	$(BIN)/pico-analyze compare $(SWEEP_RUNS) --out runs/sweep/compare
+	@echo "figures and report: runs/sweep/compare/plots, runs/sweep/compare/report.html"
 
 lint: install
 	$(BIN)/ruff check shared pico-train pico-analyze examples benchmarks

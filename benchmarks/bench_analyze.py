@@ -1,180 +1,178 @@
-"""Time a full pico-analyze analysis of a small-preset-shaped run.
+"""Time the whole `pico-analyze run` process, and its process tree's peak memory.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_analyze.py [--workers N] [--device cpu]
+    python benchmarks/bench_analyze.py [--shape tiny|small] [--layout original|pico]
+        [--workload demo|all] [--rows 128] [--no-figures] [--workers N] [--repeat 3]
 
-Builds a synthetic run (in a temporary folder unless --run-dir is given) of the `small` preset's
-shape: d_model 384, 12 layers, 12 heads, 4 kv heads, MLP 1536 (vocabulary 1024 instead of 50304:
-the embeddings are never analysed and would only add disk traffic), 5 checkpoints. Weights are a
-PicoDecoder's random initialisation drifting between checkpoints, saved with
-`save_model_files`; captures (train and eval, 128 sequences, positions last, the pico-train
-default modules v_proj, o_proj, down_proj) are random activations and gradients written with
-`pico_format.write_capture`. Then every registered metric is applied to every component it can
-measure (simple activations/weights/gradients, OV circuit activations/weights/gradients per head
-and concatenated, QK circuit weights) on the eval split, and the time per checkpoint is printed.
+Builds a synthetic run (benchmarks/analyze_runs.py; in a temporary folder unless --run-dir is
+given) of a pico-decoder shape (tiny: d_model 96, small: d_model 384; 12 heads, 4 KV heads, MLP
+4 d), 12 layers, 5 checkpoints, 128 sequences per split, in the original pico-train layout or in
+ours; then runs ``python -m pico_analyze.cli run RUN --config CFG`` as a child process and
+prints its wall time and the peak of the summed resident memory of the child and every process
+it starts (polled from /proc through psutil every 10 ms), and of the largest single process
+(getrusage of the children).
+
+Workloads:
+
+* ``demo``: the original pico-analyze's demo metric set, on every layer: CKA and PWCCA against
+  the last checkpoint (eval activations), and condition number, Frobenius norm, Gini, Hoyer and
+  proportional effective rank (PER), each on the plain modules (v_proj, o_proj, down_proj) and the
+  OV circuits per head and concatenated, of activations (eval), weights and gradients (eval).
+* ``all``: every registered metric on every component it can measure, QK circuits included.
+
+The child inherits no OMP_NUM_THREADS / MKL_NUM_THREADS (unless --threads is given), so the
+default thread and worker policy of pico-analyze is what is measured.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
+import os
+import resource
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
+import psutil
+import yaml
+from analyze_runs import BUILDERS
 
-from pico_analyze import analyze_run
 from pico_analyze.metrics import get_metric, list_metrics
-from pico_format import (
-    CAPTURE_SPLITS,
-    DEFAULT_CAPTURE_SUFFIXES,
-    EVAL_SPLIT,
-    CaptureManifest,
-    RunInfo,
-    RunPaths,
-    checkpoint_transaction,
-    write_capture,
-    write_run_info,
-)
-from pico_format.modules import layer_index, module_name
-from pico_train.checkpoint import save_model_files
-from pico_train.config import ModelConfig
-from pico_train.model import PicoDecoder
 
-MODULES = DEFAULT_CAPTURE_SUFFIXES
+MODULES = ("self_attn.v_proj", "self_attn.o_proj", "mlp.down_proj")
+DEMO_SINGLE = ("condition_number", "frobenius_norm", "gini", "hoyer", "proportional_effective_rank")
+KINDS = ("activations", "weights", "gradients")
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def build_run(root: Path, n_checkpoints: int, n_rows: int, layers: int, seed: int = 0) -> Path:
-    cfg = ModelConfig(
-        d_model=384,
-        n_layers=layers,
-        n_heads=12,
-        n_kv_heads=4,
-        mlp_hidden=1536,
-        vocab_size=1024,
-        max_seq_len=256,
-    )
-    torch.manual_seed(seed)
-    model = PicoDecoder(cfg)
-    modules = dict(model.named_modules())
-    names = [module_name(i, suffix) for i in range(layers) for suffix in MODULES]
-    run = RunPaths(root)
-    write_run_info(
-        run,
-        RunInfo(
-            schema_version=1,
-            code_version="bench",
-            data_fingerprint="bench",
-            model_fingerprint="small",
-        ),
-    )
-    g = torch.Generator().manual_seed(seed)
-    eval_ids = torch.randint(0, cfg.vocab_size, (n_rows, 128), generator=g).tolist()
-    for k in range(n_checkpoints):
-        step = 100 * k
-        with torch.no_grad():
-            for p in model.parameters():
-                if p.ndim == 2:
-                    p.add_(0.1 * p.std() * torch.randn(p.shape, generator=g))
-        with checkpoint_transaction(run, step) as ckpt:
-            save_model_files(ckpt.root, model)
-            for split in CAPTURE_SPLITS:
-                ids = (
-                    eval_ids
-                    if split == EVAL_SPLIT
-                    else torch.randint(0, cfg.vocab_size, (n_rows, 128), generator=g).tolist()
-                )
-                tensors = {"activations": {}, "weights": {}, "gradients": {}}
-                for name in names:
-                    w = modules[name].weight.detach()
-                    tensors["activations"][name] = torch.randn(n_rows, w.shape[0], generator=g)
-                    tensors["weights"][name] = w.clone()
-                    tensors["gradients"][name] = 1e-3 * torch.randn(w.shape, generator=g)
-                manifest = CaptureManifest(
-                    step=step,
-                    split=split,
-                    modules=names,
-                    layers={n: layer_index(n) for n in names},
-                    positions="last",
-                    position_indices=[127],
-                    seq_len=128,
-                    token_ids=ids,
-                )
-                write_capture(ckpt, manifest, tensors)
-    return root
+def _components(kind: str, qk: bool = False) -> list[dict]:
+    out = [{"type": "simple", "kind": kind, "module": m} for m in MODULES]
+    out.append({"type": "ov_circuit", "kind": kind, "heads": "both"})
+    if qk and kind == "weights":
+        out.append({"type": "qk_circuit", "kind": kind, "heads": "both"})
+    return out
 
 
-def full_config(workers: int | None, device: str, share_svd: bool) -> dict:
-    """Every registered metric on every component it measures (eval split)."""
-    simple = {
-        kind: [{"type": "simple", "kind": kind, "module": m} for m in MODULES]
-        for kind in ("activations", "weights", "gradients")
-    }
-    ov = {
-        kind: [{"type": "ov_circuit", "kind": kind, "heads": "both"}]
-        for kind in ("activations", "weights", "gradients")
-    }
-    qk = [{"type": "qk_circuit", "kind": "weights", "heads": "both"}]
+def demo_config() -> dict:
+    metrics = [
+        {"metric": m, "components": _components("activations"), "target": "last"}
+        for m in ("cka", "pwcca")
+    ]
+    metrics += [
+        {"metric": m, "components": [c for k in KINDS for c in _components(k)]} for m in DEMO_SINGLE
+    ]
+    return {"splits": ["eval"], "metrics": metrics}
+
+
+def all_config() -> dict:
     metrics = []
     for name in list_metrics():
         spec = get_metric(name)
-        comps = [c for kind in spec.kinds for c in simple[kind] + ov[kind]]
-        comps += qk if "weights" in spec.kinds else []
-        entry = {"metric": name, "components": comps, "splits": ["eval"]}
+        entry = {
+            "metric": name,
+            "components": [c for k in spec.kinds for c in _components(k, qk=True)],
+        }
         if spec.comparative:
             entry["target"] = "last" if spec.kinds == ("activations",) else "previous"
         metrics.append(entry)
-    return {
-        "metrics": metrics,
-        "plots": False,
-        "progress": False,
-        "device": device,
-        "workers": workers,
-        "share_singular_values": share_svd,
-    }
+    return {"splits": ["eval"], "metrics": metrics}
+
+
+def measure(cmd: list[str], env: dict[str, str]) -> tuple[float, float, float, int]:
+    """(wall seconds, peak summed RSS of the tree in MB, peak single-process RSS in MB, rc)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    root = psutil.Process(proc.pid)
+    peak = 0
+    while proc.poll() is None:
+        total = 0
+        try:
+            for p in [root, *root.children(recursive=True)]:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+        except psutil.Error:
+            pass
+        peak = max(peak, total)
+        time.sleep(0.01)
+    wall = time.perf_counter() - t0
+    output = proc.stdout.read().decode()
+    if proc.returncode:
+        print(output, file=sys.stderr)
+    single = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KB on Linux
+    return wall, peak / 2**20, max(single, before) / 1024, proc.returncode
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", choices=("tiny", "small", "medium"), default="tiny")
+    parser.add_argument("--layout", choices=tuple(BUILDERS), default="original")
+    parser.add_argument("--workload", choices=("demo", "all"), default="demo")
     parser.add_argument("--checkpoints", type=int, default=5)
     parser.add_argument("--layers", type=int, default=12)
-    parser.add_argument("--rows", type=int, default=128, help="captured sequences")
-    parser.add_argument("--workers", type=int, default=None, help="default: automatic")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument(
-        "--no-shared-svd", action="store_true", help="one SVD per metric instead of one per matrix"
-    )
+    parser.add_argument("--rows", type=int, default=128, help="captured sequences per split")
+    parser.add_argument("--no-figures", action="store_true")
+    parser.add_argument("--workers", type=int, default=None, help="default: pico-analyze's")
+    parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of the child")
+    parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--run-dir", type=Path, default=None, help="keep the synthetic run here")
     args = parser.parse_args()
-    logging.getLogger("pico_analyze").setLevel(logging.ERROR)  # notes are counted below
     with tempfile.TemporaryDirectory() as tmp:
-        root = args.run_dir or Path(tmp) / "small"
+        root = args.run_dir or Path(tmp) / f"{args.shape}-{args.layout}"
         t0 = time.perf_counter()
-        if not (root / "checkpoints").is_dir():
-            build_run(root, args.checkpoints, args.rows, args.layers)
+        if not root.is_dir():
+            BUILDERS[args.layout](root, args.shape, args.checkpoints, args.rows, args.layers)
         built = time.perf_counter() - t0
-        cfg = full_config(args.workers, args.device, not args.no_shared_svd)
-        t0 = time.perf_counter()
-        result = analyze_run(root, cfg, Path(tmp) / "analysis")
-        took = time.perf_counter() - t0
-        n = len(result.steps[result.runs[0]])
-        stats = result.stats
-        bad = sum(1 for r in result.rows if r.note)
+        cfg = demo_config() if args.workload == "demo" else all_config()
+        cfg["plots"] = not args.no_figures
+        cfg_path = Path(tmp) / "analysis.yaml"
+        cfg_path.write_text(yaml.safe_dump(cfg))
+        out = Path(tmp) / "analysis"
+        cmd = [sys.executable, "-m", "pico_analyze.cli", "run", str(root), "--config"]
+        cmd += [str(cfg_path), "--out", str(out), "--no-progress"]
+        if args.workers is not None:
+            cmd += ["--workers", str(args.workers)]
+        env = {
+            k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+        }
+        if args.threads is not None:
+            env["OMP_NUM_THREADS"] = str(args.threads)
+        runs = [measure(cmd, env) for _ in range(args.repeat)]
+        if any(rc not in (0, 1) for *_, rc in runs):
+            raise SystemExit("pico-analyze failed (output above)")
+        import csv
+
+        with open(out / "results.csv") as f:
+            rows = list(csv.DictReader(f))
+        noted = sum(1 for r in rows if r["note"])
+        walls = [w for w, *_ in runs]
         print(
-            f"run: d_model 384, {args.layers} layers, 12 heads / 4 kv heads, MLP 1536, "
-            f"{n} checkpoints, {args.rows} sequences (built in {built:.1f} s)"
+            f"run: {args.shape} (d_model {args_shape_d(args.shape)}), {args.layers} layers, "
+            f"{args.checkpoints} checkpoints, {args.rows} sequences per split, {args.layout} "
+            f"layout (built in {built:.1f} s); load average {os.getloadavg()[0]:.2f}, "
+            f"{os.cpu_count()} cores"
         )
         print(
-            f"analysis: {len(cfg['metrics'])} metrics, {len(result.rows)} values "
-            f"({bad} with a note, e.g. CCA refusing features >= samples), device "
-            f"{args.device}, workers {args.workers or 'auto'}, shared SVD "
-            f"{not args.no_shared_svd}"
+            f"workload {args.workload}: {len(rows)} values ({noted} with a note), figures "
+            f"{'off' if args.no_figures else 'on'}, workers {args.workers or 'default'}, "
+            f"threads {args.threads or 'default'}"
         )
         print(
-            f"loads {len(stats.loads)} ({stats.seconds_load:.1f} s summed over workers), "
-            f"compute {stats.seconds_compute:.1f} s summed over workers"
+            f"whole process: {min(walls):.2f} s (min of {len(walls)}; median "
+            f"{statistics.median(walls):.2f} s); peak memory of the process tree "
+            f"{max(p for _, p, _, _ in runs):.0f} MB (largest single process "
+            f"{max(s for _, _, s, _ in runs):.0f} MB)"
         )
-        print(f"total {took:.1f} s = {took / n:.2f} s per checkpoint")
+
+
+def args_shape_d(shape: str) -> int:
+    from analyze_runs import SHAPES
+
+    return SHAPES[shape]
 
 
 if __name__ == "__main__":

@@ -1,39 +1,44 @@
 """The whole analysis of one run or several: config -> runner -> table -> plots -> report.
 
 Reads run directories (ours or the original pico-train layout) or Hub repo ids and an optional
-analysis config; writes into the output folder ``results.csv`` + ``results.parquet``,
-``plots/*.png``, ``summary.txt`` and the resolved ``config.yaml``. Python API::
+analysis config; writes into the output folder ``results.csv`` + ``results.parquet`` (metric rows
+plus the loss/benchmark rows of :mod:`pico_analyze.scores`), ``layer_similarity.csv``, a fresh
+``plots/`` folder, ``summary.txt``, ``report.md`` + a self-contained ``report.html`` and the
+resolved ``config.yaml``. Python API::
 
     from pico_analyze import analyze_run, compare_runs
     result = analyze_run("runs/demo")                  # default analysis -> runs/demo/analysis/
     print(result.summary()); result.table_path; result.plots
-    compare_runs(["runs/tiny", "runs/small"], out_dir="analysis-compare")
+    compare_runs(["runs/tiny", "runs/small"])          # -> runs/tiny/analysis-compare/
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
 
 from pico_analyze import plots as plotting
-from pico_analyze import report
-from pico_analyze.config import AnalysisConfig, config_to_dict, load_config
+from pico_analyze import report, report_document, scores
+from pico_analyze.config import AnalysisConfig, config_to_dict, figures_from, load_config
+from pico_analyze.layer_similarity import layer_similarity, write_pairs
 from pico_analyze.load import Source
+from pico_analyze.preflight import compare_warnings
 from pico_analyze.result import AnalysisResult
 from pico_analyze.runner import run_analysis
 from pico_analyze.sources import HubRun, open_source
-from pico_analyze.table import write_table
+from pico_analyze.table import Row, write_table
 from pico_format import RunPaths
 from pico_format.layout import ANALYSIS
 from pico_format.yaml_file import dump_yaml
 
 log = logging.getLogger("pico_analyze")
-COMPARE_DIR = "analysis-compare"  # compare_runs' default output folder (not inside a run)
+COMPARE_DIR = "analysis-compare"  # compare_runs' default output folder, under the first run
 
 
 def _config(
-    config, sources: list[Source], *, device, workers, force_train_split, progress
+    config, sources: list[Source], *, device, workers, force_train_split, progress, figures=None
 ) -> AnalysisConfig:
     known = [s.captured_suffixes() for s in sources]
     captured = None
@@ -45,21 +50,55 @@ def _config(
         "progress": progress,
         "force_train_split": True if force_train_split else None,
     }
-    return load_config(config, captured, overrides)
+    cfg = load_config(config, captured, overrides)
+    if figures:  # e.g. {"formats": ["png", "pdf"], "dpi": 200} from the command line
+        cfg.figures = figures_from({**dataclasses.asdict(cfg.figures), **figures})
+    return cfg
+
+
+def _with_scores(sources: list[Source], rows: list[Row]) -> tuple[list[Row], list[str]]:
+    """Metric rows plus loss/benchmark rows, every row stamped with its tokens_seen."""
+    notes = []
+    out = list(rows)
+    for s in sources:
+        steps = sorted({r.step for r in rows if r.run == s.name}) or s.steps()
+        extra, why = scores.score_rows(s, steps)
+        out += extra
+        notes += why
+        tokens = scores.tokens_seen(s, sorted(set(steps) | {r.step for r in extra}))
+        for r in out:
+            if r.run == s.name:
+                r.tokens_seen = tokens.get(r.step)
+    out.sort(key=lambda r: (r.run, r.step))
+    return out, notes
 
 
 def _finish(
-    sources: list[Source], cfg: AnalysisConfig, out_dir: Path, *, cross: bool, started: float
+    sources: list[Source],
+    cfg: AnalysisConfig,
+    out_dir: Path,
+    *,
+    cross: bool,
+    started: float,
+    warnings: list[str] | None = None,
 ) -> AnalysisResult:
     rows, stats = run_analysis(sources, cfg, cross=cross)
+    rows, score_notes = _with_scores(sources, rows)
     report.log_notes(rows)
+    for line in score_notes:
+        log.info("%s", line)
+    steps = {s.name: sorted({r.step for r in rows if r.run == s.name}) for s in sources}
+    pairs = layer_similarity(sources, steps, cfg, cross=cross)
     out_dir.mkdir(parents=True, exist_ok=True)
     tables = write_table(rows, out_dir)
+    layer_table = write_pairs(pairs, out_dir)
     plots: list[Path] = []
     if cfg.plots:
-        plots = (plotting.plot_compare if cross else plotting.plot_run)(rows, out_dir)
-    (out_dir / "config.yaml").write_text(dump_yaml(config_to_dict(cfg)))
-    steps = {s.name: sorted({r.step for r in rows if r.run == s.name}) for s in sources}
+        logs = {s.name: scores.read_log(root) for s in sources if (root := scores.run_root(s))}
+        draw = plotting.plot_compare if cross else plotting.plot_run
+        plots = draw(rows, out_dir, cfg.figures, logs, pairs)
+    config = config_to_dict(cfg)
+    (out_dir / "config.yaml").write_text(dump_yaml(config))
     result = AnalysisResult(
         out_dir=out_dir,
         table_path=tables[0],
@@ -70,12 +109,18 @@ def _finish(
         steps=steps,
         seconds=time.perf_counter() - started,
         stats=stats,
+        warnings=[*(warnings or []), *score_notes],
+        pairs=pairs,
+        layer_table_path=layer_table,
+        config=config,
     )
+    if cfg.report:
+        result.report_paths = report_document.write_report(result, sources)
     result.summary_text = report.summarize(result)
     result.summary_path = out_dir / "summary.txt"
     result.summary_path.write_text(result.summary_text + "\n")
     if cfg.wandb.enabled:
-        report.log_wandb(result, cfg.wandb, config_to_dict(cfg))
+        report.log_wandb(result, cfg.wandb, config)
     return result
 
 
@@ -89,13 +134,15 @@ def analyze_run(
     force_train_split: bool = False,
     progress: bool | None = None,
     revision: str | None = None,
+    figures: dict | None = None,
 ) -> AnalysisResult:
     """Analyse every (selected) checkpoint of one run; see the module docstring.
 
     `run_dir`: our run directory, an original pico-train run, or a Hub repo id
     (``hf://owner/name@branch``). `config`: a YAML path, a dict, an AnalysisConfig, or None for
-    the default analysis. `out_dir` defaults to ``RUN_DIR/analysis`` (``./analysis-NAME`` for Hub
-    runs).
+    the default analysis. `figures`: keys of the config's ``figures`` section to override
+    (formats, dpi, x_axis, step_scale, normalize_previous). `out_dir` defaults to
+    ``RUN_DIR/analysis`` (``./analysis-NAME`` for Hub runs).
     """
     started = time.perf_counter()
     source = open_source(run_dir, revision)
@@ -106,6 +153,7 @@ def analyze_run(
         workers=workers,
         force_train_split=force_train_split,
         progress=progress,
+        figures=figures,
     )
     if out_dir is None:
         out_dir = (
@@ -125,9 +173,14 @@ def compare_runs(
     workers: int | None = None,
     force_train_split: bool = False,
     progress: bool | None = None,
+    figures: dict | None = None,
 ) -> AnalysisResult:
     """Analyse several runs step by step and compare them (metric curves overlaid, and
-    cross-run similarity of their activations on the shared eval batch at each common step)."""
+    cross-run similarity of their activations on the shared eval batch at each common step).
+
+    Runs trained on different data are named in a warning before any work. `out_dir` defaults
+    to ``FIRST_RUN/analysis-compare`` (``./analysis-compare-NAME`` for a Hub run).
+    """
     started = time.perf_counter()
     if len(run_dirs) < 2:
         raise ValueError("compare needs at least two runs.")
@@ -137,6 +190,9 @@ def compare_runs(
         seen[s.name] = seen.get(s.name, 0) + 1
         if seen[s.name] > 1:
             s.name = f"{s.name}-{seen[s.name]}"
+    warnings = compare_warnings(sources)  # before any work: are these runs comparable?
+    for line in warnings:
+        log.warning("%s", line)
     cfg = _config(
         config,
         sources,
@@ -144,5 +200,10 @@ def compare_runs(
         workers=workers,
         force_train_split=force_train_split,
         progress=progress,
+        figures=figures,
     )
-    return _finish(sources, cfg, Path(out_dir or COMPARE_DIR), cross=True, started=started)
+    if out_dir is None:
+        first = sources[0]
+        local = getattr(first, "root", None) is not None and not isinstance(first, HubRun)
+        out_dir = Path(first.root) / COMPARE_DIR if local else Path(f"{COMPARE_DIR}-{first.name}")
+    return _finish(sources, cfg, Path(out_dir), cross=True, started=started, warnings=warnings)

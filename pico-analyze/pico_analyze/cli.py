@@ -8,6 +8,7 @@ in which nothing could be measured writes its table and notes, then exits with s
     pico-analyze run RUN_DIR [--config analysis.yaml] [--out DIR] [--device auto|cpu|cuda]
                              [--workers N] [--force-train-split] [--revision REV]
     pico-analyze compare RUN_A RUN_B ... [--config analysis.yaml] [--out DIR] ...
+    (both: [--format png,pdf,svg] [--dpi N] [--x-axis step|tokens])
     pico-analyze metrics
 """
 
@@ -49,7 +50,25 @@ _COMMON = [
         help="Allow comparing train captures of different batches (across steps).",
     ),
     click.option("--no-progress", is_flag=True, help="No progress bar."),
+    click.option(
+        "--format",
+        "formats",
+        default=None,
+        help="Figure formats, comma-separated: png,pdf,svg (default: the config's, png).",
+    ),
+    click.option("--dpi", type=int, default=None, help="Figure resolution (default 110)."),
+    click.option(
+        "--x-axis",
+        type=click.Choice(["step", "tokens"]),
+        default=None,
+        help="Figures' x axis: training step or tokens seen.",
+    ),
 ]
+
+
+def _figures(formats, dpi, x_axis) -> dict:
+    out = {"formats": formats.split(",") if formats else None, "dpi": dpi, "x_axis": x_axis}
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def _common(f):
@@ -103,7 +122,19 @@ def main(verbose: bool) -> None:
 )
 @click.option("--revision", default=None, help="Hub branch/commit when RUN_DIR is a repo id.")
 @_common
-def run(run_dir, out, revision, config, device, workers, force_train_split, no_progress):
+def run(
+    run_dir,
+    out,
+    revision,
+    config,
+    device,
+    workers,
+    force_train_split,
+    no_progress,
+    formats,
+    dpi,
+    x_axis,
+):
     """Analyse every checkpoint of RUN_DIR: a run directory, an original pico-train run, or a
     Hugging Face repo id (hf://owner/name[@branch])."""
     from pico_analyze.analyze import analyze_run
@@ -118,6 +149,7 @@ def run(run_dir, out, revision, config, device, workers, force_train_split, no_p
             force_train_split=force_train_split,
             progress=False if no_progress else None,
             revision=revision,
+            figures=_figures(formats, dpi, x_axis),
         )
     except (ConfigError, SourceError, RunFormatError, ValueError) as err:
         _fail(err)
@@ -131,10 +163,12 @@ def run(run_dir, out, revision, config, device, workers, force_train_split, no_p
     "out",
     type=click.Path(file_okay=False),
     default=None,
-    help="Output folder (default: ./analysis-compare).",
+    help="Output folder (default: FIRST_RUN/analysis-compare).",
 )
 @_common
-def compare(runs, out, config, device, workers, force_train_split, no_progress):
+def compare(
+    runs, out, config, device, workers, force_train_split, no_progress, formats, dpi, x_axis
+):
     """Compare RUNS step by step: metric curves overlaid, and similarity of their activations
     on the shared eval batch (CKA works across widths)."""
     from pico_analyze.analyze import compare_runs
@@ -150,6 +184,7 @@ def compare(runs, out, config, device, workers, force_train_split, no_progress):
             workers=workers,
             force_train_split=force_train_split,
             progress=False if no_progress else None,
+            figures=_figures(formats, dpi, x_axis),
         )
     except (ConfigError, SourceError, RunFormatError, ValueError) as err:
         _fail(err)

@@ -257,13 +257,15 @@ class ComponentValue:
     """One matrix to measure: `component` names it in the table; head is None unless per head.
 
     `factors` (A, B) with ``tensor = A @ B`` are kept for per-head circuits, whose rank is at
-    most r = A.shape[1] (the runner takes their singular values from an r x r core).
+    most r = A.shape[1] (the runner takes their singular values from an r x r core); the
+    stacked factors of all heads are kept for the concatenated circuit (`head_factors`).
     """
 
     component: str
     head: int | None
     tensor: torch.Tensor
     factors: Factors | None = None
+    head_factors: Factors | None = None  # concatenated heads: tensor = [A_1 B_1 | ... | A_H B_H]
     singular_values: torch.Tensor | None = None  # set by the runner when known from factors
 
 
@@ -299,5 +301,7 @@ def build(
             ComponentValue(spec.type, h, stacked[h], (a[h], b[h])) for h in range(stacked.shape[0])
         ]
     if spec.heads in ("concat", "both"):
-        out.append(ComponentValue(f"{spec.type}_concat", None, concat_heads(stacked)))
+        out.append(
+            ComponentValue(f"{spec.type}_concat", None, concat_heads(stacked), head_factors=(a, b))
+        )
     return out

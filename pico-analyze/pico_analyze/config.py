@@ -112,6 +112,29 @@ class WandbConfig:
 
 
 @dataclass
+class FiguresConfig:
+    """How plots are drawn and written (see plots.py)."""
+
+    formats: list[str] = field(default_factory=lambda: ["png"])  # png | pdf | svg
+    dpi: int = 110
+    x_axis: str = "step"  # step | tokens (tokens seen)
+    step_scale: str = "auto"  # auto (symlog when checkpoints are log-spaced) | linear | symlog
+    normalize_previous: bool = False  # divide @previous metrics by the step gap (per step)
+
+
+@dataclass
+class LayerSimilarityConfig:
+    """Layer x layer CKA matrices (within a run, and across runs in compare) with a null."""
+
+    enabled: bool = True
+    steps: str | list[int] = "last"  # last | all | a list of steps
+    split: str = "eval"
+    modules: list[str] | None = None  # None: every captured module (activations)
+    permutations: int = 100  # permutation null per value; 0 disables it
+    debiased: bool = True
+
+
+@dataclass
 class AnalysisConfig:
     steps: list[int] | StepRange | None = None  # None: every checkpoint
     layers: list[int] | None = None  # None: every layer
@@ -126,6 +149,9 @@ class AnalysisConfig:
     plots: bool = True
     progress: bool = True
     share_singular_values: bool = True  # one SVD per matrix for all spectral metrics
+    report: bool = True  # report.md and a self-contained report.html
+    figures: FiguresConfig = field(default_factory=FiguresConfig)
+    layer_similarity: LayerSimilarityConfig = field(default_factory=LayerSimilarityConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
     def select_steps(self, steps: list[int]) -> list[int]:
@@ -292,6 +318,70 @@ def _entry(raw: Any, path: str, components: dict[str, ComponentSpec]) -> MetricE
     )
 
 
+FIGURE_FORMATS, X_AXES, STEP_SCALES = (
+    ("png", "pdf", "svg"),
+    ("step", "tokens"),
+    (
+        "auto",
+        "linear",
+        "symlog",
+    ),
+)
+
+
+def _choice(value: Any, options: tuple, path: str) -> str:
+    if value not in options:
+        raise ConfigError(f"{path}: '{value}' is not one of {', '.join(options)}.")
+    return value
+
+
+def figures_from(raw: Any) -> FiguresConfig:
+    """A validated FiguresConfig from a mapping (keys of `figures:`)."""
+    if isinstance(raw, FiguresConfig):
+        return raw
+    raw = _check_keys(raw, FiguresConfig, "figures")
+    out = FiguresConfig()
+    if "formats" in raw:
+        formats = [raw["formats"]] if isinstance(raw["formats"], str) else raw["formats"]
+        if not isinstance(formats, list) or not formats:
+            raise ConfigError(f"figures.formats: expected a list of {FIGURE_FORMATS}.")
+        out.formats = [_choice(f, FIGURE_FORMATS, "figures.formats") for f in formats]
+    if "dpi" in raw:
+        out.dpi = _int(raw["dpi"], "figures.dpi")
+        if not 20 <= out.dpi <= 1200:
+            raise ConfigError(f"figures.dpi: {out.dpi} is outside 20..1200.")
+    if "x_axis" in raw:
+        out.x_axis = _choice(raw["x_axis"], X_AXES, "figures.x_axis")
+    if "step_scale" in raw:
+        out.step_scale = _choice(raw["step_scale"], STEP_SCALES, "figures.step_scale")
+    if "normalize_previous" in raw:
+        out.normalize_previous = _bool(raw["normalize_previous"], "figures.normalize_previous")
+    return out
+
+
+def _layer_similarity(raw: Any) -> LayerSimilarityConfig:
+    raw = _check_keys(raw, LayerSimilarityConfig, "layer_similarity")
+    out = LayerSimilarityConfig()
+    for key in ("enabled", "debiased"):
+        if key in raw:
+            setattr(out, key, _bool(raw[key], f"layer_similarity.{key}"))
+    if "steps" in raw:
+        steps = raw["steps"]
+        out.steps = (
+            steps if steps in ("last", "all") else _int_list(steps, "layer_similarity.steps")
+        )
+    if "split" in raw:
+        out.split = (_splits(raw["split"], "layer_similarity.split") or ["eval"])[0]
+    if raw.get("modules") is not None:
+        mods = [raw["modules"]] if isinstance(raw["modules"], str) else raw["modules"]
+        out.modules = [normalize_module(str(m)) for m in mods]
+    if "permutations" in raw:
+        out.permutations = _int(raw["permutations"], "layer_similarity.permutations")
+        if out.permutations < 0:
+            raise ConfigError("layer_similarity.permutations: must be 0 (off) or positive.")
+    return out
+
+
 def _entries(raw: Any, path: str, components: dict[str, ComponentSpec]) -> list[MetricEntry]:
     if not isinstance(raw, list):
         raise ConfigError(f"{path}: expected a list of metric entries, got {raw!r}.")
@@ -332,7 +422,7 @@ def config_from_dict(
     cfg.layers = _int_list(raw.get("layers"), "layers")
     cfg.splits = _splits(raw.get("splits"), "splits") or cfg.splits
     cfg.target_step = _target(raw.get("target_step", cfg.target_step), "target_step")
-    for key in ("force_train_split", "plots", "progress", "share_singular_values"):
+    for key in ("force_train_split", "plots", "progress", "share_singular_values", "report"):
         if key in raw:
             setattr(cfg, key, _bool(raw[key], key))
     if "device" in raw:
@@ -341,6 +431,10 @@ def config_from_dict(
         cfg.workers = _int(raw["workers"], "workers")
     if "wandb" in raw:
         cfg.wandb = WandbConfig(**_check_keys(raw["wandb"], WandbConfig, "wandb"))
+    if raw.get("figures") is not None:
+        cfg.figures = figures_from(raw["figures"])
+    if raw.get("layer_similarity") is not None:
+        cfg.layer_similarity = _layer_similarity(raw["layer_similarity"])
     comps = raw.get("components") or {}
     if not isinstance(comps, dict):
         raise ConfigError(f"components: expected a mapping of name -> component, got {comps!r}.")
@@ -458,6 +552,8 @@ def config_to_dict(cfg: AnalysisConfig) -> dict[str, Any]:
         "splits": cfg.splits,
         "target_step": cfg.target_step,
         "force_train_split": cfg.force_train_split,
+        "figures": dataclasses.asdict(cfg.figures),
+        "layer_similarity": dataclasses.asdict(cfg.layer_similarity),
         "metrics": [entry(e) for e in cfg.metrics],
         "compare": {
             "metrics": [entry(e) for e in cfg.compare.metrics],

@@ -120,14 +120,41 @@ def request_for(tasks: list[Task], layers: list[int]) -> LoadRequest:
 # ----------------------------------------------------------------------------------------------
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, else the machine's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def thread_budget() -> int:
+    """Threads the analysis may keep busy in all: torch's intra-op thread count of this process
+    (its default is the physical cores; OMP_NUM_THREADS or torch.set_num_threads lower it),
+    never more than the available cores."""
+    return max(1, min(torch.get_num_threads(), available_cores()))
+
+
+def worker_plan(requested: int, budget: int) -> tuple[int, int]:
+    """(worker processes, torch threads per worker) for `requested` workers within `budget`
+    threads: workers x threads never exceeds the budget (no oversubscription)."""
+    workers = max(1, min(requested, budget))
+    if workers < requested:
+        log.warning(
+            "%d workers requested but only %d cores/threads are available: using %d",
+            requested,
+            budget,
+            workers,
+        )
+    return workers, max(1, budget // workers)
+
+
 def auto_workers(n_steps: int, device: str) -> int:
     """Worker processes at most worth starting: 1 on a GPU or for fewer than 3 checkpoints; else
-    one per available core, each taking at least 2 checkpoints, at most 4 (the runner starts
-    them only if the first checkpoint took long enough to repay their start-up)."""
+    one per thread of the budget, each taking at least 2 checkpoints, at most 4 (the runner
+    starts them only if the first checkpoint took long enough to repay their start-up)."""
     if device != "cpu" or n_steps < 3:
         return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(cores or 1, n_steps // 2, 4))
+    return max(1, min(thread_budget(), n_steps // 2, 4))
 
 
 def _check_requested_steps(sources: list[Source], cfg: AnalysisConfig) -> None:

@@ -1,203 +1,334 @@
-"""Plots of the results table (matplotlib, Agg; no display needed).
+"""Plots of the results table and the training log (matplotlib ``Figure`` objects, Agg).
 
-Reads :class:`~pico_analyze.runner.Row` objects and writes PNGs into ``OUT/plots/``:
+Reads table rows, the runs' training logs and the layer-similarity pairs; writes figures into a
+fresh ``OUT/plots/`` (emptied first), each in every format of ``figures.formats`` (PNG, PDF,
+SVG) at ``figures.dpi``:
 
-* ``run``: per metric label, ``LABEL.png`` (value against step, one line per layer, a panel per
-  component/module/split) and ``LABEL_heatmap.png`` (layer x step).
-* ``compare``: per metric label, ``LABEL.png`` with the runs overlaid (mean over layers, band =
-  min..max over layers), and per cross-run similarity label, ``LABEL.png`` (one line per layer and
-  run) and ``LABEL_heatmap.png``.
+* ``run``: ``loss`` (training loss over every logged step, smoothed, with the held-out loss at
+  the checkpoints); per metric label ``LABEL`` (value against step, one line per layer, a panel
+  per component/module/split) and ``LABEL_heatmap`` (layer x checkpoint, when there are several
+  layers); ``layer_cka_MODULE`` (see :mod:`pico_analyze.plots_layers`).
+* ``compare``: ``loss`` with the runs overlaid; per metric label ``LABEL`` with the runs overlaid
+  (line: mean over layers, band: min..max over layers); per cross-run similarity label ``LABEL``
+  (one line per layer and run, the grey band: the permutation null of CKA for unrelated inputs)
+  and ``LABEL_heatmap``; the cross-run ``layer_cka_MODULE`` matrices.
 
-Per-head components are averaged over heads in the plots (the table keeps every head).
+The x axis is the training step or the tokens seen (``figures.x_axis``), symlog when the
+checkpoints are log-spaced; the y axis is logarithmic when a metric spans two decades or more.
+``@previous`` metrics can be divided by the step gap (``figures.normalize_previous``) so that
+uneven checkpoint spacing does not show as a change of rate. Per-head components are averaged
+over heads in the plots (the table keeps every head).
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from matplotlib import colormaps
-from matplotlib.figure import Figure
 
+from pico_analyze import figure_style as fs
+from pico_analyze.config import FiguresConfig
+from pico_analyze.plots_layers import layer_matrix_jobs
+from pico_analyze.scores import EVAL_LOSS, LOSS_KIND
 from pico_analyze.table import Row
 
-PLOTS_DIR = "plots"
-PANEL_W, PANEL_H, MAX_COLS, DPI = 4.6, 3.3, 3, 90
+RUN_COLORS = colormaps["tab10"]
 
 
-def safe_name(label: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.=@-]+", "_", label).strip("_") or "metric"
+def _finite(rows: list[Row]) -> list[Row]:
+    return [r for r in rows if math.isfinite(r.value)]
 
 
-def _group(row: Row) -> tuple:
-    return (row.component, row.kind, row.module, row.split)
-
-
-def _title(group: tuple) -> str:
-    component, kind, module, split = group
-    text = f"{kind} {module}" + (f" [{split}]" if split else "")
-    if component != "simple":
-        text += " (mean over heads)" if not component.endswith("_concat") else " (heads concat)"
-    return text
-
-
-def _cross(row: Row) -> bool:
-    return row.cross_run
+def per_step_rows(rows: list[Row]) -> list[Row]:
+    """@previous rows divided by the step gap to their reference (value per training step)."""
+    out = []
+    for r in rows:
+        if fs.is_previous(r) and r.reference_step is not None and not r.cross_run:
+            gap = r.step - r.reference_step
+            if gap > 0:
+                r = replace(r, value=r.value / gap)
+        out.append(r)
+    return out
 
 
 def _by_label(rows: list[Row]) -> dict[str, list[Row]]:
     out: dict[str, list[Row]] = defaultdict(list)
-    for r in rows:
-        if math.isfinite(r.value):
-            out[r.metric].append(r)
+    for r in _finite(rows):
+        out[r.metric].append(r)
     return out
 
 
-def _series(rows: list[Row], key) -> dict:
-    """key(row) -> {step: mean value over the rows (heads) sharing key and step}."""
+def _grouped(rows: list[Row]) -> dict[tuple, list[Row]]:
+    groups: dict[tuple, list[Row]] = defaultdict(list)
+    for r in rows:
+        groups[fs.group_key(r)].append(r)
+    return groups
+
+
+def _series(rows: list[Row], key, opts: FiguresConfig) -> dict:
+    """key(row) -> {x: mean value over the rows (heads) sharing key and x}, x ascending."""
     acc: dict = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        acc[key(r)][r.step].append(r.value)
-    return {k: {s: float(np.mean(v)) for s, v in sorted(d.items())} for k, d in acc.items()}
+        acc[key(r)][fs.x_of(r, opts)].append(r.value)
+    return {k: {x: float(np.mean(v)) for x, v in sorted(d.items())} for k, d in acc.items()}
 
 
-def _figure(n: int) -> tuple[Figure, list]:
-    cols = min(MAX_COLS, n)
-    rows = math.ceil(n / cols)
-    # Fixed margins: constrained layout costs a second full draw per figure.
-    width, height = PANEL_W * cols, PANEL_H * rows + 0.5
-    fig = Figure(figsize=(width, height))
-    fig.subplots_adjust(
-        left=0.9 / width,
-        right=1 - 0.25 / width,
-        bottom=0.6 / height,
-        top=1 - 0.75 / height,
-        wspace=0.45,
-        hspace=0.6,
-    )
-    axes = fig.subplots(rows, cols, squeeze=False).ravel().tolist()
-    for ax in axes[n:]:
-        ax.set_visible(False)
-    return fig, axes[:n]
+def _y_label(rows: list[Row], opts: FiguresConfig) -> str:
+    name = fs.metric_name(rows[0])
+    return name + (" per step" if opts.normalize_previous and fs.is_previous(rows[0]) else "")
 
 
-def _save(fig: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
-    return path
+def _layer_name(layer: int) -> str:
+    return "model" if layer < 0 else f"layer {layer}"
 
 
-def _layer_lines(ax, rows: list[Row], runs: list[str] | None = None) -> None:
+def _layer_lines(
+    ax, rows: list[Row], opts: FiguresConfig, runs: list[str] | None = None, legend: bool = True
+):
     styles = ["-", "--", ":", "-."]
     layers = sorted({r.layer for r in rows})
     cmap = colormaps["viridis"]
-    series = _series(rows, lambda r: (r.run, r.layer))
+    series = _series(rows, lambda r: (r.run, r.layer), opts)
     for (run, layer), pts in sorted(series.items()):
-        color = cmap(layers.index(layer) / max(1, len(layers) - 1))
+        color = cmap(layers.index(layer) / max(1, len(layers) - 1) * 0.9)
         style = styles[runs.index(run) % len(styles)] if runs else "-"
-        label = f"L{layer}" + (f" {run}" if runs and len(runs) > 1 else "")
-        ax.plot(list(pts), list(pts.values()), style, color=color, marker=".", label=label)
-    if len(series) <= 12:
-        ax.legend(fontsize=7)
+        label = _layer_name(layer) + (f", {run}" if runs and len(runs) > 1 else "")
+        ax.plot(list(pts), list(pts.values()), style, color=color, marker=".", ms=4, label=label)
+    if legend and 1 < len(series) <= 12:
+        ax.legend(fontsize=6, ncol=2 if len(series) > 6 else 1)
+    return [x for pts in series.values() for x in pts], [
+        v for p in series.values() for v in p.values()
+    ]
 
 
-def _heatmap(fig: Figure, ax, rows: list[Row]) -> None:
-    steps = sorted({r.step for r in rows})
+def _heatmap(fig, ax, rows: list[Row], opts: FiguresConfig, label: str) -> None:
+    """Layer x checkpoint grid (columns are checkpoints in order, labelled by step/tokens)."""
+    xs = sorted({fs.x_of(r, opts) for r in rows})
     layers = sorted({r.layer for r in rows})
-    grid = np.full((len(layers), len(steps)), np.nan)
-    for (layer, step), v in _series(rows, lambda r: (r.layer, r.step)).items():
-        grid[layers.index(layer), steps.index(step)] = next(iter(v.values()))
+    grid = np.full((len(layers), len(xs)), np.nan)
+    for (layer, x), v in _series(rows, lambda r: (r.layer, fs.x_of(r, opts)), opts).items():
+        grid[layers.index(layer), xs.index(x)] = next(iter(v.values()))
+    vals = grid[np.isfinite(grid)]
+    log = fs.spans_decades(vals.tolist())
+    from matplotlib.colors import LogNorm
+
     image = ax.imshow(
         np.ma.masked_invalid(grid),
         aspect="auto",
         origin="lower",
         cmap="viridis",
         interpolation="nearest",
+        norm=LogNorm() if log else None,
     )
-    stride = max(1, len(steps) // 8)
-    ax.set_xticks(range(0, len(steps), stride), [str(s) for s in steps[::stride]], fontsize=7)
+    stride = max(1, math.ceil(len(xs) / 8))
+    fmt = (lambda x: f"{x:.2g}") if opts.x_axis == "tokens" else (lambda x: str(int(x)))
+    ax.set_xticks(range(0, len(xs), stride), [fmt(x) for x in xs[::stride]], fontsize=7)
     ax.set_yticks(range(len(layers)), [str(x) for x in layers], fontsize=7)
-    ax.set_xlabel("step")
-    ax.set_ylabel("layer")
-    fig.colorbar(image, ax=ax)
+    ax.set_xlabel(f"checkpoint ({fs.x_label(opts)})", fontsize=8)
+    ax.set_ylabel("layer", fontsize=8)
+    bar = fig.colorbar(image, ax=ax)
+    bar.set_label(label, fontsize=7)
+    bar.ax.tick_params(labelsize=6)
 
 
-def _grouped(rows: list[Row]) -> dict[tuple, list[Row]]:
-    """Rows of one metric label split into panels (kind, component, module, split)."""
-    groups: dict[tuple, list[Row]] = defaultdict(list)
-    for r in rows:
-        groups[_group(r)].append(r)
-    return groups
+def _metric_figures(folder, label, lrows, opts, run_name: str | None) -> list[Path]:
+    """One run's metric label, one figure: a panel per component/module/split showing one line
+    per layer, or a layer x checkpoint heatmap when there are many layers."""
+    groups = _grouped(lrows)
+    name, ref = _y_label(lrows, opts), fs.reference_text(lrows)
+    title = f"{name} {ref}".strip() + (f", run {run_name}" if run_name else "")
+    fig, axes = fs.figure(len(groups))
+    for ax, grows in zip(axes, groups.values()):
+        if len({r.layer for r in grows}) >= fs.HEATMAP_FROM_LAYERS:
+            _heatmap(fig, ax, grows, opts, name)
+        else:
+            xs, ys = _layer_lines(ax, grows, opts)
+            fs.set_x_scale(ax, xs, opts)
+            fs.set_y_scale(ax, ys)
+            ax.set_ylabel(name, fontsize=8)
+        ax.set_title(fs.panel_title(grows[0]), fontsize=8, y=1.0, pad=4)
+    fig.suptitle(title, fontsize=10)
+    return fs.save(fig, folder, label, opts)
 
 
-def plot_run(rows: list[Row], out_dir: Path) -> list[Path]:
-    """Per metric label: lines per layer over steps, and a layer x step heatmap."""
-    written = []
-    for label, lrows in _by_label([r for r in rows if not _cross(r)]).items():
-        groups = _grouped(lrows)
-        fig, axes = _figure(len(groups))
-        for ax, (group, grows) in zip(axes, groups.items()):
-            _layer_lines(ax, grows)
-            ax.set_title(_title(group), fontsize=9)
-            ax.set_xlabel("step")
-            ax.set_ylabel(label, fontsize=8)
-        fig.suptitle(label)
-        written.append(_save(fig, out_dir / PLOTS_DIR / f"{safe_name(label)}.png"))
-        fig, axes = _figure(len(groups))
-        for ax, (group, grows) in zip(axes, groups.items()):
-            _heatmap(fig, ax, grows)
-            ax.set_title(_title(group), fontsize=9)
-        fig.suptitle(f"{label} (layer x step)")
-        written.append(_save(fig, out_dir / PLOTS_DIR / f"{safe_name(label)}_heatmap.png"))
-    return written
+def _smooth(values: np.ndarray) -> np.ndarray:
+    """Exponential moving average with a span of ~2% of the points (at least 1)."""
+    alpha = min(1.0, 2.0 / (max(1, len(values) // 50) + 1))
+    out, acc = np.empty_like(values), values[0]
+    for i, v in enumerate(values):
+        acc = alpha * v + (1 - alpha) * acc
+        out[i] = acc
+    return out
 
 
-def plot_compare(rows: list[Row], out_dir: Path) -> list[Path]:
-    """Runs overlaid per metric label; cross-run similarity per layer over steps."""
-    written = []
-    runs = list(dict.fromkeys(r.run for r in rows))
-    cmap = colormaps["tab10"]
-    for label, lrows in _by_label([r for r in rows if not _cross(r)]).items():
-        groups = _grouped(lrows)
-        fig, axes = _figure(len(groups))
-        for ax, (group, grows) in zip(axes, groups.items()):
-            per_layer = _series(grows, lambda r: (r.run, r.layer))
-            for i, run in enumerate(runs):
-                lines = [v for (rn, _), v in per_layer.items() if rn == run]
-                steps = sorted({s for line in lines for s in line})
-                if not steps:
-                    continue
-                vals = np.array([[line.get(s, np.nan) for s in steps] for line in lines])
-                color = cmap(i % 10)
-                ax.plot(steps, np.nanmean(vals, 0), color=color, marker=".", label=run)
-                ax.fill_between(
-                    steps, np.nanmin(vals, 0), np.nanmax(vals, 0), color=color, alpha=0.15
-                )
-            ax.set_title(_title(group), fontsize=9)
-            ax.set_xlabel("step")
-            ax.legend(fontsize=7)
-        fig.suptitle(f"{label}: runs overlaid (line: mean over layers, band: min..max)")
-        written.append(_save(fig, out_dir / PLOTS_DIR / f"{safe_name(label)}.png"))
-    for label, lrows in _by_label([r for r in rows if _cross(r)]).items():
-        groups = defaultdict(list)
-        for r in lrows:
-            groups[_group(r)].append(r)
-        fig, axes = _figure(len(groups))
-        others = list(dict.fromkeys(r.run for r in lrows))
-        for ax, (group, grows) in zip(axes, groups.items()):
-            _layer_lines(ax, grows, others)
-            ax.set_title(_title(group), fontsize=9)
-            ax.set_xlabel("step")
-        fig.suptitle(f"{label}: similarity to {lrows[0].reference_run}")
-        written.append(_save(fig, out_dir / PLOTS_DIR / f"{safe_name(label)}.png"))
+def _loss_figure(folder, rows, logs, opts, runs: list[str]) -> list[Path]:
+    """Training loss (every logged step, smoothed) and held-out loss at the checkpoints."""
+    evals = [r for r in _finite(rows) if r.function == EVAL_LOSS]
+    curves = {run: [r for r in logs.get(run, []) if "loss" in r and "step" in r] for run in runs}
+    if not evals and not any(curves.values()):
+        return []
+    fig, (ax,) = fs.figure(1, w=6.4, h=4.0)
+    xs_all, ys_all = [], []
+    for i, run in enumerate(runs):
+        color = RUN_COLORS(i % 10)
+        recs = curves[run]
+        if recs:
+            key = "tokens_seen" if opts.x_axis == "tokens" else "step"
+            xs = np.array([r.get(key, r["step"]) for r in recs], float)
+            ys = np.array([r["loss"] for r in recs], float)
+            ok = np.isfinite(ys)
+            xs, ys = xs[ok], ys[ok]
+            if len(ys):
+                ax.plot(xs, ys, color=color, alpha=0.2, linewidth=0.6)
+                ax.plot(xs, _smooth(ys), color=color, linewidth=1.3, label=f"{run}: training")
+                xs_all += xs.tolist()
+                ys_all += ys.tolist()
+        ev = sorted((fs.x_of(r, opts), r.value) for r in evals if r.run == run)
+        if ev:
+            ax.plot(*zip(*ev), "o--", color=color, ms=3.5, linewidth=0.9, label=f"{run}: held-out")
+            xs_all += [x for x, _ in ev]
+            ys_all += [y for _, y in ev]
+    fs.set_x_scale(ax, xs_all, opts)
+    fs.set_y_scale(ax, ys_all)
+    ax.set_ylabel("next-token loss (nats)", fontsize=8)
+    ax.legend(fontsize=7)
+    who = f"run {runs[0]}" if len(runs) == 1 else "runs overlaid"
+    ax.set_title(
+        "training loss (thin: per step; thick: smoothed) and held-out loss",
+        fontsize=8,
+        y=1.0,
+        pad=4,
+    )
+    fig.suptitle(f"Loss, {who}", fontsize=10)
+    return fs.save(fig, folder, "loss", opts)
+
+
+def plot_run(
+    rows: list[Row],
+    out_dir: Path,
+    opts: FiguresConfig | None = None,
+    logs: dict[str, list[dict]] | None = None,
+    pairs: list | None = None,
+) -> list[Path]:
+    """Every figure of one run's analysis into a fresh OUT/plots; returns the files written."""
+    opts = opts or FiguresConfig()
+    folder = fs.fresh_dir(out_dir)
+    rows = per_step_rows(rows) if opts.normalize_previous else rows
+    run = rows[0].run if rows else None
+    jobs = [(_loss_figure, (folder, rows, logs or {}, opts, [run] if run else []))]
+    plain = [r for r in rows if not fs.is_cross(r) and r.kind != LOSS_KIND]
+    for label, lrows in _by_label(plain).items():
+        jobs.append((_metric_figures, (folder, label, lrows, opts, run)))
+    jobs += layer_matrix_jobs(pairs or [], folder, opts)
+    return fs.render(jobs)
+
+
+def _overlaid(folder, label, lrows, runs, opts) -> list[Path]:
+    groups = _grouped(lrows)
+    name = _y_label(lrows, opts)
+    fig, axes = fs.figure(len(groups))
+    for ax, grows in zip(axes, groups.values()):
+        per_layer = _series(grows, lambda r: (r.run, r.layer), opts)
+        xs_all, ys_all = [], []
+        for i, run in enumerate(runs):
+            lines = [v for (rn, _), v in per_layer.items() if rn == run]
+            xs = sorted({x for line in lines for x in line})
+            if not xs:
+                continue
+            vals = np.array([[line.get(x, np.nan) for x in xs] for line in lines])
+            color = RUN_COLORS(i % 10)
+            ax.plot(xs, np.nanmean(vals, 0), color=color, marker=".", ms=4, label=run)
+            if len(lines) > 1:
+                ax.fill_between(xs, np.nanmin(vals, 0), np.nanmax(vals, 0), color=color, alpha=0.15)
+            xs_all += xs
+            ys_all += vals[np.isfinite(vals)].tolist()
+        fs.set_x_scale(ax, xs_all, opts)
+        fs.set_y_scale(ax, ys_all)
+        ax.set_title(fs.panel_title(grows[0]), fontsize=8, y=1.0, pad=4)
+        ax.set_ylabel(name, fontsize=8)
+        if ax is axes[0]:
+            ax.legend(fontsize=6)
+    ref = fs.reference_text(lrows)
+    fig.suptitle(
+        f"{name} {ref}".strip() + ": runs overlaid (line: mean over layers; band: min..max)",
+        fontsize=10,
+    )
+    return fs.save(fig, folder, label, opts)
+
+
+def _null_band(ax, pairs, runs: list[str], module: str, steps_x: dict[int, float]) -> None:
+    """Grey band: the permutation null (2.5..97.5%) of same-index cross-run CKA, mean over
+    layers and runs, at each step where it was computed."""
+    acc: dict[int, list[tuple[float, float]]] = defaultdict(list)
+    for p in pairs:
+        if p.run_b in runs and not p.within and p.module == module and p.layer_a == p.layer_b:
+            if math.isfinite(p.null_low) and math.isfinite(p.null_high):
+                acc[p.step].append((p.null_low, p.null_high))
+    pts = sorted(
+        (steps_x.get(s, s), np.mean([a for a, _ in v]), np.mean([b for _, b in v]))
+        for s, v in acc.items()
+    )
+    if pts:
+        x, lo, hi = zip(*pts)
+        ax.fill_between(x, lo, hi, color="0.5", alpha=0.3, label="CKA of unrelated inputs (null)")
+
+
+def _cross_figure(folder, label, lrows, pairs, opts) -> list[Path]:
+    """Cross-run similarity of one label: per layer over steps over the permutation null band,
+    or layer x checkpoint heatmaps per run when there are many layers."""
+    groups = _grouped(lrows)
+    others = list(dict.fromkeys(r.run for r in lrows))
+    name, ref = _y_label(lrows, opts), fs.reference_text(lrows)
+    many = any(len({r.layer for r in g}) >= fs.HEATMAP_FROM_LAYERS for g in groups.values())
+    if not many:
+        n_lines = len({(r.run, r.layer) for r in lrows}) + 1
+        fig, axes = fs.figure(len(groups), legend_rows=fs.legend_rows(n_lines))
+        for ax, grows in zip(axes, groups.values()):
+            steps_x = {r.step: fs.x_of(r, opts) for r in grows}
+            if lrows[0].function == "cka":
+                _null_band(ax, pairs, others, grows[0].module, steps_x)
+            xs, _ = _layer_lines(ax, grows, opts, others, legend=False)
+            fs.set_x_scale(ax, xs, opts)
+            ax.set_title(fs.panel_title(grows[0]), fontsize=8, y=1.0, pad=4)
+            ax.set_ylabel(name, fontsize=8)
+        fs.figure_legend(fig, axes[0])
+        fig.suptitle(f"{name} {ref}".strip(), fontsize=10)
+    else:
         panels = [(g, run) for g in groups for run in others]
-        fig, axes = _figure(len(panels))
+        fig, axes = fs.figure(len(panels))
         for ax, (group, run) in zip(axes, panels):
-            _heatmap(fig, ax, [r for r in groups[group] if r.run == run])
-            ax.set_title(f"{run}: {_title(group)}", fontsize=9)
-        fig.suptitle(f"{label} (layer x step)")
-        written.append(_save(fig, out_dir / PLOTS_DIR / f"{safe_name(label)}_heatmap.png"))
-    return written
+            _heatmap(fig, ax, [r for r in groups[group] if r.run == run], opts, name)
+            title = f"run {run}: {fs.panel_title(groups[group][0])}"
+            ax.set_title(title, fontsize=8, y=1.0, pad=4)
+        fig.suptitle(f"{name} {ref}: layer x checkpoint", fontsize=10)
+    return fs.save(fig, folder, label, opts)
+
+
+def plot_compare(
+    rows: list[Row],
+    out_dir: Path,
+    opts: FiguresConfig | None = None,
+    logs: dict[str, list[dict]] | None = None,
+    pairs: list | None = None,
+) -> list[Path]:
+    """Every figure of a comparison into a fresh OUT/plots; returns the files written."""
+    opts = opts or FiguresConfig()
+    pairs = pairs or []
+    folder = fs.fresh_dir(out_dir)
+    rows = per_step_rows(rows) if opts.normalize_previous else rows
+    runs = list(dict.fromkeys(r.run for r in rows))
+    jobs = [(_loss_figure, (folder, rows, logs or {}, opts, runs))]
+    plain = [r for r in rows if not fs.is_cross(r) and r.kind != LOSS_KIND]
+    for label, lrows in _by_label(plain).items():
+        jobs.append((_overlaid, (folder, label, lrows, runs, opts)))
+    for label, lrows in _by_label([r for r in rows if fs.is_cross(r)]).items():
+        jobs.append((_cross_figure, (folder, label, lrows, pairs, opts)))
+    jobs += layer_matrix_jobs(pairs, folder, opts)
+    return fs.render(jobs)
+
+
+__all__ = ["plot_run", "plot_compare", "per_step_rows"]

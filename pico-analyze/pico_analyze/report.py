@@ -1,4 +1,4 @@
-"""Reports: a short text summary, the notes in the log, optional Weights & Biases logging.
+"""Reports: a short text summary, the notes in the log, report.md/.html, optional W&B logging.
 
 Reads the rows and paths of a finished analysis; writes ``summary.txt`` (through the caller),
 log lines for values that could not be measured, and, when enabled, a W&B run (wandb is imported
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import textwrap
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,6 +19,7 @@ from pico_analyze.table import COLUMNS, Row
 
 if TYPE_CHECKING:
     from pico_analyze.config import WandbConfig
+
 
 log = logging.getLogger("pico_analyze")
 MAX_HIGHLIGHTS, MAX_NOTE_LINES = 12, 20
@@ -107,7 +109,11 @@ def summarize(result: AnalysisResult) -> str:
             f"Notes: {sum(c for _, c in groups)} values carry a note "
             f"({len(groups)} kinds; see the `note` column), e.g.:"
         )
-        out += [f"  {m[:160]} (x{c})" for m, c in groups[:3]]
+        out += [f"  {textwrap.shorten(m, 240, placeholder=' ...')} (x{c})" for m, c in groups[:3]]
+    for line in result.warnings:
+        out.append(f"Warning: {line}")
+    if result.report_paths:
+        out.append(f"Report: {', '.join(str(p) for p in result.report_paths)}")
     return "\n".join(out)
 
 

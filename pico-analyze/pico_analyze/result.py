@@ -28,6 +28,11 @@ class AnalysisResult:
     stats: ChunkResult = field(repr=False, default_factory=ChunkResult)
     summary_path: Path | None = None
     summary_text: str = ""  # the short text summary (also in summary.txt)
+    warnings: list[str] = field(default_factory=list)  # run-level: what could not be checked/read
+    pairs: list = field(default_factory=list, repr=False)  # layer x layer CKA (LayerPair)
+    layer_table_path: Path | None = None  # layer_similarity.csv
+    report_paths: list[Path] = field(default_factory=list)  # report.md, report.html
+    config: dict = field(default_factory=dict, repr=False)  # the resolved analysis config
 
     @property
     def notes(self) -> list[Row]:

@@ -33,7 +33,8 @@ from __future__ import annotations
 import math
 import multiprocessing
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import torch
@@ -44,7 +45,11 @@ from pico_analyze.config import AnalysisConfig, ConfigError
 from pico_analyze.load import Checkpoint, MissingData, Source
 from pico_analyze.metrics import get_metric
 from pico_analyze.metrics.registry import MetricError
-from pico_analyze.metrics.singular_values import SharedSingularValues, low_rank_singular_values
+from pico_analyze.metrics.singular_values import (
+    SharedSingularValues,
+    concat_singular_values,
+    low_rank_singular_values,
+)
 from pico_analyze.plan import (
     ChunkResult,
     Job,
@@ -53,7 +58,9 @@ from pico_analyze.plan import (
     plan_runs,
     resolve_device,
     tasks_from,
+    thread_budget,
     with_references,
+    worker_plan,
 )
 from pico_analyze.table import NotMeasurable, Row
 
@@ -82,6 +89,9 @@ class _State:
                     b = torch.stack([v.factors[1] for v in heads])
                     for v, sv in zip(heads, low_rank_singular_values(a, b)):
                         v.singular_values = sv
+                for v in values:  # all heads side by side: from the factors too
+                    if v.head_factors is not None and self.share_svd:
+                        v.singular_values = concat_singular_values(*v.head_factors)
                 self.cache[key] = values
             except MissingData as err:
                 self.cache[key] = NotMeasurable(f"missing: {err}")
@@ -116,6 +126,19 @@ def _input_problem(cur: Checkpoint, ref: Checkpoint, split: str | None) -> str |
     if split == "train":
         return "the 'train' capture is a different batch at every step"
     return None
+
+
+def _advice(split: str | None) -> str:
+    """What to do about a refused comparison of two captures of `split`."""
+    if split == "train":
+        return (
+            "compare the eval split (the same held-out batch at every step), or force it "
+            "with --force-train-split"
+        )
+    return (
+        "similarity of different inputs is not comparable; were the runs trained on "
+        "different data (data fingerprint in run.json)?"
+    )
 
 
 def _groups(tasks: list[Task]) -> list[list[Task]]:
@@ -248,10 +271,7 @@ class _Chunk:
                         f"reference {ref.label} has no {v.component} head {v.head}"
                     )
                 elif ref.problem and not self.job.force:
-                    result = NotMeasurable(
-                        f"refused: {ref.problem}; compare eval captures or force "
-                        f"it (--force-train-split)"
-                    )
+                    result = NotMeasurable(f"refused: {ref.problem}; {_advice(split)}")
                 else:
                     result = _measure(t, other.tensor, v.tensor)
                     warning = f"forced: {ref.problem}" if ref.problem else ""
@@ -340,7 +360,8 @@ class _Chunk:
         return self.result
 
 
-def _run_job(job: Job) -> ChunkResult:
+def _run_job(job: Job, threads: int) -> ChunkResult:
+    torch.set_num_threads(threads)  # this worker's share of the thread budget
     return _Chunk(job).run()
 
 
@@ -351,15 +372,56 @@ def _run_job(job: Job) -> ChunkResult:
 SPAWN_SECONDS = 3.0  # a spawned worker's start (imports torch) and its extra checkpoint loads
 
 
-def _parallel(jobs: list[Job], bar) -> list[ChunkResult]:
+@contextmanager
+def _torch_threads(n: int):
+    """Run the block with `n` torch intra-op threads, then restore the caller's setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _together(here: _Chunk, mine: list[int], others: list[list[int]], threads: int, bar):
+    """`here` analyses `mine` in this process while worker processes (spawned, `threads` torch
+    threads each) analyse the chunks `others`; returns every chunk's result."""
+    tick = lambda: bar.update(1)  # noqa: E731
+    if not others:
+        return [here.run(mine, on_step=tick)]
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(len(jobs), mp_context=ctx) as pool:
-        futures = {pool.submit(_run_job, j): len(j.steps) for j in jobs}
-        results = []
-        for fut in as_completed(futures):
-            results.append(fut.result())
-            bar.update(futures[fut])
+    with ProcessPoolExecutor(len(others), mp_context=ctx) as pool:
+        futures = [pool.submit(_run_job, replace(here.job, steps=c), threads) for c in others]
+        for fut, chunk in zip(futures, others):
+            size = len(chunk)
+            fut.add_done_callback(lambda _, n=size: bar.update(n))
+        results = [here.run(mine, on_step=tick)]
+        results += [fut.result() for fut in futures]
     return results
+
+
+def _execute(job: Job, requested: int | None, bar) -> list[ChunkResult]:
+    """Analyse the job's steps with `requested` worker processes (None: automatic), keeping
+    processes x torch threads within the thread budget. This process always takes the first
+    chunk, so with k workers there are k processes in all."""
+    budget, steps = thread_budget(), job.steps
+    here = _Chunk(job)
+    if requested is not None:
+        k, threads = worker_plan(min(requested, len(steps)), budget)
+        chunks = _split(steps, k)
+        with _torch_threads(threads):
+            return _together(here, chunks[0], chunks[1:], threads, bar)
+    k, threads = worker_plan(auto_workers(len(steps), job.device), budget)
+    if k == 1:
+        with _torch_threads(threads):
+            return _together(here, steps, [], threads, bar)
+    with _torch_threads(threads):
+        t0 = time.perf_counter()
+        here.run(steps[:1], on_step=lambda: bar.update(1))
+        rest = steps[1:]
+        saving = (time.perf_counter() - t0) * len(rest) * (1 - 1 / k)
+        chunks = _split(rest, k) if saving > SPAWN_SECONDS * 2 else [rest]
+        return _together(here, chunks[0], chunks[1:], threads, bar)
 
 
 def _split(steps: list[int], n: int) -> list[list[int]]:
@@ -379,7 +441,9 @@ def run_analysis(
 ) -> tuple[list[Row], ChunkResult]:
     """Analyse `sources` (several: also cross-run comparisons); return rows and timing stats.
 
-    Workers: a number runs that many processes over contiguous chunks of steps. Left automatic,
+    Workers: a number runs that many processes over contiguous chunks of steps, each with
+    budget // workers torch threads, so workers x threads never exceeds the thread budget
+    (torch's thread count of this process, at most the available cores). Left automatic,
     the first checkpoint is analysed here and timed; the others go to worker processes only
     when the expected saving exceeds their start-up cost (else this process goes on, so every
     checkpoint is loaded once).
@@ -409,28 +473,11 @@ def run_analysis(
     )
     n = workers if workers is not None else cfg.workers
     show = cfg.progress if progress is None else progress
-    results = []
     # disable=None: tqdm shows the bar on a terminal only (no carriage returns in a log file)
     with tqdm(
         total=len(steps), desc="checkpoints", unit="ckpt", disable=None if show else True
     ) as bar:
-        if n is not None and n > 1 and len(steps) > 1:
-            chunks = _split(steps, min(n, len(steps)))
-            results = _parallel([replace(job, steps=c) for c in chunks], bar)
-        else:
-            here = _Chunk(job)
-            if n is None and auto_workers(len(steps), device) > 1:
-                t0 = time.perf_counter()
-                here.run(steps[:1], on_step=lambda: bar.update(1))
-                rest = steps[1:]
-                k = auto_workers(len(rest), device)
-                saving = (time.perf_counter() - t0) * len(rest) * (1 - 1 / k)
-                if saving > SPAWN_SECONDS * 2:
-                    results = _parallel([replace(job, steps=c) for c in _split(rest, k)], bar)
-                    steps = []
-                else:
-                    steps = rest
-            results.append(here.run(steps, on_step=lambda: bar.update(1)))
+        results = _execute(job, n, bar)
     total = ChunkResult()
     for res in results:
         total.rows += res.rows

@@ -5,7 +5,9 @@ Reads :class:`Row` objects (made by :mod:`pico_analyze.runner`) and writes ``res
 Columns: run, step, split, component, kind, module, layer, head, metric (the entry's label),
 function (the registered metric), reference_step and reference_run (what a comparative metric
 compared with: an earlier/later step of the same run, or the reference run at the same step),
-value (NaN when it could not be measured), note (why, or a warning).
+value (NaN when it could not be measured), note (why, or a warning), tokens_seen (tokens
+trained on before the step, when the run records it; loss and benchmark rows come from
+:mod:`pico_analyze.scores`).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class Row:
     reference_run: str | None  # cross-run comparisons: the run compared with; else None
     value: float
     note: str = ""
+    tokens_seen: int | None = None  # tokens trained on before `step` (None: unknown)
 
     @property
     def cross_run(self) -> bool:
@@ -57,9 +60,9 @@ class Row:
 
 
 COLUMNS = [f.name for f in fields(Row)]
-_INT_COLUMNS = {"step", "layer", "head", "reference_step"}
+_INT_COLUMNS = {"step", "layer", "head", "reference_step", "tokens_seen"}
 _FLOAT_COLUMNS = {"value"}
-_OPTIONAL_COLUMNS = {"split", "head", "reference_step", "reference_run"}  # "" in CSV: None
+_OPTIONAL_COLUMNS = {"split", "head", "reference_step", "reference_run", "tokens_seen"}  # "": None
 CSV_NAME, PARQUET_NAME, JSONL_NAME = "results.csv", "results.parquet", "results.jsonl"
 
 

@@ -177,3 +177,45 @@ def make_original_run(
                     out[key] = t.to(torch.bfloat16) if kind == "activations" else t
                 torch.save(out, folder / f"{split}_{kind}.pt")
     return root
+
+
+def add_scores(root: Path, tokens_per_step: int = 64, benchmarks: bool = True) -> Path:
+    """Give a synthetic run what pico-train writes beside the captures: a training log (one
+    record per step, plus eval records), eval.json per checkpoint and, optionally, lm-eval
+    scores (benchmarks.json, written with pico_format.write_benchmarks)."""
+    import json
+    import math
+
+    from pico_format import list_checkpoints, write_benchmarks, write_json_atomic
+
+    run = RunPaths(root)
+    steps = list_checkpoints(run)
+    with open(run.log, "w") as f:
+        for step in range(1, steps[-1] + 1):
+            rec = {"step": step, "loss": 5.0 - 0.1 * step, "lr": 1e-3}
+            f.write(json.dumps({**rec, "tokens_seen": step * tokens_per_step}) + "\n")
+    for step in steps:
+        ckpt = run.checkpoint(step)
+        loss = 6.0 - 0.05 * step
+        write_json_atomic(
+            ckpt.eval, {"step": step, "eval_loss": loss, "eval_perplexity": math.exp(loss)}
+        )
+        if benchmarks:
+            acc = 0.25 + 0.01 * step
+            write_benchmarks(
+                ckpt,
+                {
+                    "step": step,
+                    "harness": "lm-eval",
+                    "harness_version": "0.4.0",
+                    "limit": 16,
+                    "tasks": {
+                        "arc_easy": {
+                            "version": 1,
+                            "n_shot": 0,
+                            "metrics": {"acc": acc, "acc_stderr": 0.1},
+                        }
+                    },
+                },
+            )
+    return root

@@ -37,7 +37,8 @@ def test_run_with_config_prints_where_results_are(pico_run, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert f"Table: {out / 'results.csv'}" in result.output
-    assert "hoyer.png" in result.output and (out / "plots" / "hoyer_heatmap.png").is_file()
+    assert "hoyer.png" in result.output and (out / "plots" / "hoyer.png").is_file()
+    assert (out / "report.html").is_file() and (out / "report.md").is_file()
 
 
 def test_run_errors_are_one_message(pico_run, tmp_path):

@@ -59,9 +59,11 @@ def test_default_analysis_of_our_format(pico_run, tmp_path):
     assert result.table_path.name == "results.csv" and result.table_path.is_file()
     assert [p.suffix for p in result.table_paths] == [".csv", ".parquet"]
     assert len(read_table(result.table_path)) == len(rows)
-    assert len(result.plots) == 2 * len(labels) and all(p.is_file() for p in result.plots)
+    names = {p.name for p in result.plots}
+    assert {f"{label}.png" for label in labels} <= names  # one figure per metric label
+    assert "layer_cka_self_attn.v_proj.png" in names and all(p.is_file() for p in result.plots)
     text = result.summary()
-    assert str(result.table_path) in text and "cka@last_heatmap.png" in text
+    assert str(result.table_path) in text and "cka@last.png" in text
     assert (tmp_path / "out" / "summary.txt").is_file()
     assert (tmp_path / "out" / "config.yaml").is_file()
 
@@ -229,7 +231,7 @@ def test_compare_runs_of_different_width(pico_run, tmp_path):
     assert len(by(result.rows, metric="procrustes@tiny")) == 6
     assert {r.run for r in by(result.rows, metric="effective_rank")} == {"tiny", "wide"}
     names = {p.name for p in result.plots}
-    assert {"effective_rank.png", "cka@tiny.png", "cka@tiny_heatmap.png"} <= names
+    assert {"effective_rank.png", "cka@tiny.png", "layer_cka_self_attn.v_proj.png"} <= names
     assert "tiny, wide" in result.summary()
 
 
@@ -346,3 +348,13 @@ def test_table_equals_a_direct_call_on_the_stored_tensor(tmp_path):
         assert tensor.dtype == torch.float32
         direct = get_metric(r.function).fn(tensor)
         assert r.value == direct, (r.metric, r.value, direct)
+
+
+def test_worker_plan_never_oversubscribes_the_cores():
+    from pico_analyze.plan import worker_plan
+
+    for budget in (1, 2, 4, 16):
+        for requested in (1, 2, 3, 8, 64):
+            workers, threads = worker_plan(requested, budget)
+            assert 1 <= workers <= requested and workers * threads <= budget
+            assert workers == min(requested, budget)

@@ -9,6 +9,7 @@ from pico_analyze.metrics import effective_rank, nuclear_norm, stable_rank
 from pico_analyze.metrics import singular_values as sv
 from pico_analyze.metrics.singular_values import (
     SharedSingularValues,
+    concat_singular_values,
     low_rank_singular_values,
     reduced_singular_values,
 )
@@ -16,6 +17,29 @@ from pico_analyze.metrics.singular_values import (
 
 def rand(*shape, seed):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("m,r,n", [(24, 4, 24), (10, 4, 24), (24, 8, 6)])
+def test_concat_singular_values_match_the_heads_side_by_side(m, r, n):
+    heads = 6
+    a, b = rand(heads, m, r, seed=3), rand(heads, r, n, seed=4)
+    concat = torch.cat([a[h] @ b[h] for h in range(heads)], dim=1)  # [a_1 b_1 | ... | a_H b_H]
+    s = concat_singular_values(a, b)
+    assert s.shape == (min(m, heads * n),)
+    torch.testing.assert_close(s, torch.linalg.svdvals(concat), atol=1e-11, rtol=1e-10)
+
+
+def test_finiteness_is_checked_once_per_tensor_inside_the_context():
+    from pico_analyze.metrics import MetricError, frobenius_norm
+
+    x = rand(5, 5, seed=5)
+    with SharedSingularValues():
+        frobenius_norm(x)
+        x[0, 0] = float("nan")  # an in-place change bumps the version: checked again
+        with pytest.raises(MetricError, match="non-finite"):
+            frobenius_norm(x)
+        with pytest.raises(MetricError, match="non-finite"):
+            frobenius_norm(x)  # a tensor that failed is never recorded as finite
 
 
 def test_low_rank_singular_values_match_the_product():

@@ -20,6 +20,7 @@ import json
 import random
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +178,9 @@ def hf_config(
         "torch_dtype": "float32",
         "dtype": "float32",
         "pico_version": __version__,
+        # Which transformers wrote the files: without it, transformers 5 treats a local folder
+        # as possibly an old Mistral tokenizer and warns about its split regex.
+        "transformers_version": metadata.version("transformers"),
     }
 
 

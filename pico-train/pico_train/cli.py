@@ -1,4 +1,4 @@
-"""The `pico-train` command: info, train, generate.
+"""The `pico-train` command: info, train, sweep, generate.
 
 Reads YAML configs, overrides, presets, run directories and checkpoint folders; prints summaries
 or writes runs (through train.py). Errors the user can fix are printed as one clear message.
@@ -237,6 +237,28 @@ def train(config_path, preset, overrides, force, device) -> None:
         click.echo(f"nothing to do: {result.run_dir} already reached step {result.steps}.")
 
 
+@main.command()
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="A YAML config.")
+@click.option("--presets", required=True, help="Comma-separated presets, e.g. demo-w32,demo.")
+@click.option("--set", "overrides", multiple=True, help="Override for every run: key=value.")
+@click.option("--force", is_flag=True, help="Resume even if the data changed.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+def sweep(config_path, presets, overrides, force, device) -> None:
+    """Train the config at each preset into RUN_DIR/<preset> (same data order and checkpoints)."""
+    from pico_train.data import DataError
+    from pico_train.sweep import compare_command, plan_sweep, run_sweep
+    from pico_train.train import TrainingError
+
+    try:
+        plan = plan_sweep(config_path, presets, overrides)
+        run_sweep(plan, force=force, device=None if device == "auto" else device, echo=click.echo)
+    except (ConfigError, RunFormatError, DataError, TrainingError) as err:
+        _fail(str(err))
+    if os.environ.get("RANK", "0") == "0":
+        click.echo(f"sweep done: {len(plan.configs)} runs. Compare them with:")
+        click.echo(f"  {compare_command(plan)}")
+
+
 def resolve_checkpoint(path: Path) -> Path:
     """A checkpoint folder, or a run directory (its latest checkpoint)."""
     if CheckpointPaths(path).model_config.is_file():
@@ -306,7 +328,14 @@ def export(checkpoint, out, step, dtype, gguf_type, force) -> None:
 
     try:
         result = export_checkpoint(
-            checkpoint, out, step=step, dtype=dtype, gguf=gguf_type, force=force, progress=True
+            checkpoint,
+            out,
+            step=step,
+            dtype=dtype,
+            gguf=gguf_type,
+            force=force,
+            progress=True,
+            log=lambda m: click.echo(m, err=True),
         )
     except ExportError as err:
         _fail(str(err))

@@ -79,9 +79,18 @@ def _suite(d: int) -> ModelConfig:
     return ModelConfig(d_model=d, mlp_hidden=4 * d)
 
 
+def _demo(d: int, layers: int) -> ModelConfig:
+    """The demo shape at width `d` and depth `layers` (head_dim d/4, MLP 4d): the sweep family."""
+    return ModelConfig(d, layers, 4, 2, 4 * d, vocab_size=4096, max_seq_len=256)
+
+
+# The CPU-sized scale sweep (`make sweep`): widths and a depth of the demo shape ("demo" is
+# d 128 x 4 layers). (name suffix, d_model, n_layers)
+SWEEP_SHAPES = (("w32", 32, 4), ("w64", 64, 4), ("w64-l8", 64, 8))
+
 # The pico-decoder suite (12 layers, 12 heads, 4 KV heads, MLP 4d, vocab 50304, context 2048),
 # a 1B-class preset (LLaMA-style 8/3*d SwiGLU rounded to 128, Qwen2 vocabulary, untied head:
-# 1,457,596,416 parameters), and a CPU-sized demo shape.
+# 1,457,596,416 parameters), and a CPU-sized demo shape with its sweep family.
 PRESETS: dict[str, ModelConfig] = {
     "demo": ModelConfig(
         d_model=128,
@@ -92,6 +101,7 @@ PRESETS: dict[str, ModelConfig] = {
         vocab_size=4096,
         max_seq_len=256,
     ),
+    **{f"demo-{name}": _demo(d, layers) for name, d, layers in SWEEP_SHAPES},
     "tiny": _suite(96),
     "small": _suite(384),
     "medium": _suite(768),

@@ -104,8 +104,11 @@ def export_checkpoint(
     force: bool = False,
     max_shard_size: int | str = MAX_SHARD_SIZE,
     progress: bool = False,
+    log=lambda message: None,
 ) -> ExportResult:
-    """Export checkpoint `source` (a checkpoint folder or a run; `step` picks one) to `out`."""
+    """Export checkpoint `source` (a checkpoint folder or a run; `step` picks one) to `out`.
+
+    `log` receives one line per stage; `progress` shows the GGUF writer's progress bar."""
     if dtype not in DTYPES:
         raise ExportError(f"unknown dtype '{dtype}'; choose one of {list(DTYPES)}.")
     if gguf is not None and gguf not in GGUF_TYPES:
@@ -114,6 +117,7 @@ def export_checkpoint(
     try:
         ckpt = find_checkpoints(source, None if step is None else [step])[0]
         _check_out(out, force)
+        log(f"loading {ckpt.root}")
         model = load_model(ckpt.root)
         tokenizer = _load_tokenizer(ckpt)
         if gguf is not None:
@@ -140,6 +144,7 @@ def export_checkpoint(
         generation = {k: v for k, v in ids.items() if v is not None}
         write_json_atomic(folder.generation_config, {**generation, "do_sample": False})
         result.files = [MODEL_CONFIG, GENERATION_CONFIG]
+        log(f"writing {dtype} safetensors")
         result.files += _write_weights(tmp, state, max_shard_size)
         if tokenizer is not None:
             save_tokenizer(tokenizer, tmp)
@@ -147,6 +152,7 @@ def export_checkpoint(
         gguf_name = None
         if gguf is not None:
             gguf_name = f"{name}{'' if step is None else f'-step{step}'}-{gguf}.gguf"
+            log(f"writing {gguf_name}")
             full = {k: v.detach() for k, v in model.state_dict().items()}
             write_gguf(tmp / gguf_name, full, shape, tokenizer, gguf, name=name, progress=progress)
             result.files.append(gguf_name)

@@ -24,7 +24,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from pico_format import CheckpointPaths, RunFormatError, write_benchmarks
+from pico_format import CheckpointPaths, RunFormatError, benchmark_rows, write_benchmarks
 from pico_train.checkpoint import checkpoint_step, find_checkpoints
 
 __all__ = ["CARD_TASKS", "HarnessError", "evaluate_checkpoints", "format_table", "task_results"]
@@ -59,7 +59,8 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
     import urllib.request
 
     try:
-        urllib.request.urlopen(urllib.request.Request(_HUB, method="HEAD"), timeout=timeout)
+        endpoint = os.environ.get("HF_ENDPOINT", _HUB)
+        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout)
         return True
     except Exception:
         return False
@@ -83,6 +84,19 @@ def _go_offline() -> None:
 
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def _failure(what: str, err: Exception, hub_tasks: list[str]) -> str:
+    """One line: what failed, the error's first line, and the offline hint when it applies."""
+    text = str(err).strip()
+    first = text.splitlines()[0] if text else ""
+    hint = (
+        f" (offline: the Hub datasets of {hub_tasks} are not in the local cache; run once with "
+        f"network access, or define local tasks with --include-path)"
+        if _offline() and hub_tasks
+        else ""
+    )
+    return f"{what}: {type(err).__name__}: {first}{hint}"
 
 
 def _metric_key(name: str) -> str:
@@ -193,6 +207,10 @@ def evaluate_checkpoints(
     from lm_eval.models.huggingface import HFLM
 
     manager = _task_manager(tasks, include_path)
+    try:  # read every task's data once before any model is loaded: fail fast, in one line
+        manager.load(tasks)
+    except Exception as err:
+        raise HarnessError(_failure("could not load the tasks", err, hub_tasks)) from None
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     results = []
     for ckpt in ckpts:
@@ -214,15 +232,7 @@ def evaluate_checkpoints(
                 confirm_run_unsafe_code=allow_code_execution,
             )
         except Exception as err:
-            hub = _offline() and hub_tasks
-            hint = (
-                f" (offline: the Hub datasets of {hub_tasks} are not in the local cache; run "
-                f"once with network access or define local tasks with --include-path)"
-                if hub
-                else ""
-            )
-            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-            raise HarnessError(f"lm-eval failed: {type(err).__name__}: {first}{hint}") from None
+            raise HarnessError(_failure("lm-eval failed", err, hub_tasks)) from None
         benchmarks = {
             "step": checkpoint_step(ckpt),
             "harness": "lm-eval",
@@ -240,21 +250,17 @@ def format_table(results: list[EvalResult]) -> str:
     """A text table: step, task, n-shot, metric, value, stderr."""
     rows = [("step", "task", "n-shot", "metric", "value", "stderr")]
     for r in results:
-        for task, entry in sorted(r.benchmarks["tasks"].items()):
-            metrics = entry["metrics"]
-            for name, value in sorted(metrics.items()):
-                if name.endswith("_stderr") or value is None:
-                    continue
-                err = metrics.get(f"{name}_stderr")
-                rows.append(
-                    (
-                        str(r.benchmarks["step"]),
-                        task,
-                        str(entry["n_shot"]),
-                        name,
-                        f"{value:.4f}",
-                        "" if err is None else f"{err:.4f}",
-                    )
+        for row in benchmark_rows(r.benchmarks):
+            err = "" if row["stderr"] is None else f"{row['stderr']:.4f}"
+            rows.append(
+                (
+                    str(row["step"]),
+                    row["task"],
+                    str(row["n_shot"]),
+                    row["metric"],
+                    f"{row['value']:.4f}",
+                    err,
                 )
+            )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)

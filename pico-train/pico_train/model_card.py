@@ -17,7 +17,14 @@ from typing import Any
 
 import yaml
 
-from pico_format import CheckpointPaths, RunFormatError, RunPaths, read_benchmarks, read_json
+from pico_format import (
+    CheckpointPaths,
+    RunFormatError,
+    RunPaths,
+    benchmark_rows,
+    read_benchmarks,
+    read_json,
+)
 from pico_train.checkpoint import checkpoint_step, model_config_from_hf
 from pico_train.model import parameter_counts
 
@@ -92,16 +99,11 @@ def _benchmark_table(bench: dict[str, Any]) -> list[str]:
         "| task | n-shot | metric | value | stderr |",
         "|---|---|---|---|---|",
     ]
-    for task, entry in sorted(bench["tasks"].items()):
-        metrics = entry["metrics"]
-        for metric, value in sorted(metrics.items()):
-            if metric.endswith("_stderr") or not isinstance(value, (int, float)):
-                continue
-            err = metrics.get(f"{metric}_stderr")
-            err_text = f"{err:.4f}" if isinstance(err, (int, float)) else ""
-            lines.append(
-                f"| {task} | {entry.get('n_shot')} | {metric} | {value:.4f} | {err_text} |"
-            )
+    for row in benchmark_rows(bench):
+        err = "" if row["stderr"] is None else f"{row['stderr']:.4f}"
+        lines.append(
+            f"| {row['task']} | {row['n_shot']} | {row['metric']} | {row['value']:.4f} | {err} |"
+        )
     return lines
 
 

@@ -20,8 +20,8 @@ The conversion reproduces what tiktoken does with those ranks:
   ``<|im_start|>`` = 151644, ``<|im_end|>`` = 151645.
 
 ``len(tokenizer)`` is 151,646; the ``1b`` preset's vocabulary of 151,936 rows (Qwen2's own
-padding, a multiple of 128) leaves 290 rows no token id ever reaches: they are padding, trained
-only by weight decay and never sampled by a trained model.
+padding, a multiple of 128) leaves 290 rows no token id ever reaches: padding. Their input
+embeddings never change; as output rows they only learn to be unlikely.
 """
 
 from __future__ import annotations

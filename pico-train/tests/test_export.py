@@ -207,3 +207,20 @@ def test_gguf_refuses_a_shape_llama_cpp_cannot_represent(tmp_path):
         export_checkpoint(tmp_path / "ckpt", tmp_path / "out", gguf="q8_0")
     assert not (tmp_path / "out").exists()
     export_checkpoint(tmp_path / "ckpt", tmp_path / "out", gguf="f16")  # f16 represents it
+
+
+def test_find_checkpoints_by_folder_run_and_steps(checkpoint, tmp_path):
+    from pico_format import RunFormatError
+    from pico_train.checkpoint import find_checkpoints
+
+    ckpt = checkpoint["ckpt"]
+    run_root = ckpt.root.parent.parent
+    assert find_checkpoints(ckpt.root) == [ckpt]
+    assert find_checkpoints(run_root) == [ckpt]  # the latest
+    assert find_checkpoints(ckpt.root, [5]) == find_checkpoints(run_root, "all") == [ckpt]
+    plain = tmp_path / "model"
+    save_model_files(plain, checkpoint["model"])
+    with pytest.raises(RunFormatError, match="single model folder"):
+        find_checkpoints(plain, [5])
+    with pytest.raises(RunFormatError, match="neither a checkpoint folder nor a run"):
+        find_checkpoints(tmp_path)

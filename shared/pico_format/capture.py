@@ -134,9 +134,15 @@ def write_capture(
 
 
 class CaptureReader:
-    """Lazy reader of one split's capture: tensors are read one module at a time."""
+    """Lazy reader of one split's capture: tensors are read one module at a time.
 
-    def __init__(self, ckpt: CheckpointPaths, split: str):
+    `ckpt` is a checkpoint folder, as :class:`CheckpointPaths` or a path
+    (``CaptureReader("runs/demo/checkpoints/step_00000100", "eval")``).
+    """
+
+    def __init__(self, ckpt: CheckpointPaths | str | Path, split: str):
+        if not isinstance(ckpt, CheckpointPaths):
+            ckpt = CheckpointPaths(Path(ckpt))
         self.ckpt, self.split = ckpt, split
         path = ckpt.capture_manifest(split)
         if not path.is_file():

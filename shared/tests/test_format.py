@@ -139,6 +139,11 @@ def test_capture_write_read_round_trip(tmp_path):
         reader.get("weights", v_proj[1])
     with pytest.raises(RunFormatError, match="no 'train' capture"):
         CaptureReader(ckpt, "train")
+    # A plain path (str or Path) to the checkpoint folder reads the same capture.
+    for path in (str(ckpt.root), ckpt.root):
+        by_path = CaptureReader(path, "eval")
+        assert by_path.ckpt == ckpt and by_path.modules("weights") == reader.modules("weights")
+        assert torch.equal(by_path.get("activations", list(acts)[0]), acts[list(acts)[0]])
 
 
 def test_streaming_writer_matches_safetensors(tmp_path):

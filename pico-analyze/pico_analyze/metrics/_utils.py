@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -22,16 +24,39 @@ def as_tensor(x: Any, name: str) -> torch.Tensor:
         raise MetricError(
             f"{name} is empty (shape {tuple(x.shape)}); pass a tensor with at least one element"
         )
-    if x.is_floating_point():
-        bad = ~torch.isfinite(x)
-        if bool(bad.any()):
-            n_nan = int(torch.isnan(x).sum())
-            n_inf = int(bad.sum()) - n_nan
-            raise MetricError(
-                f"{name} contains non-finite values ({n_nan} NaN, {n_inf} Inf out of "
-                f"{x.numel()}); remove or replace them (e.g. torch.nan_to_num) before measuring"
-            )
+    # One reduction decides the common case: a sum is finite only if every term is (NaN and
+    # Inf propagate); only a non-finite sum (or an overflowing one) needs the elementwise check.
+    if x.is_floating_point() and not _known_finite(x):
+        if not math.isfinite(float(x.sum())):
+            bad = ~torch.isfinite(x)
+            if bool(bad.any()):
+                n_nan = int(torch.isnan(x).sum())
+                n_inf = int(bad.sum()) - n_nan
+                raise MetricError(
+                    f"{name} contains non-finite values ({n_nan} NaN, {n_inf} Inf out of "
+                    f"{x.numel()}); remove or replace them (e.g. torch.nan_to_num) before "
+                    "measuring"
+                )
+        memo = FINITE.get()
+        if memo is not None:
+            memo[id(x)] = (x, x._version)
     return x
+
+
+# Tensors already found finite, {id: (tensor, version)}, while a runner's measuring context is
+# open (pico_analyze.metrics.singular_values.SharedSingularValues): the many metrics of one
+# matrix check it once. Holding the tensor keeps its id from being reused.
+FINITE: ContextVar[dict[int, tuple[torch.Tensor, int]] | None] = ContextVar(
+    "pico_finite", default=None
+)
+
+
+def _known_finite(x: torch.Tensor) -> bool:
+    memo = FINITE.get()
+    if memo is None:
+        return False
+    hit = memo.get(id(x))
+    return hit is not None and hit[0] is x and hit[1] == x._version
 
 
 def as_matrix(x: Any, name: str) -> torch.Tensor:

@@ -23,7 +23,11 @@ def frobenius_norm(x: torch.Tensor) -> float:
     ``x``: any shape (a weight ``(out, in)``, a bias vector, ...), flattened; for a vector this
     is the Euclidean norm.
     """
-    unit, m = unit_max(float64(as_tensor(x, "x")))
+    x = float64(as_tensor(x, "x"))
+    norm = float(torch.linalg.vector_norm(x))
+    if 1e-140 < norm < 1e140:  # no square can have over- or underflowed enough to matter
+        return norm
+    unit, m = unit_max(x)
     return m * float(torch.linalg.vector_norm(unit))
 
 

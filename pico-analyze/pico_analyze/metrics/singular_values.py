@@ -14,7 +14,8 @@ accuracy) and all without singular vectors:
 
 * a product ``A @ B`` of rank r (A m x r, B r x n), such as a per-head OV circuit: from the
   r x r core of two thin QR factorisations (:func:`low_rank_singular_values`), padded with zeros;
-  the runner primes the memo with these;
+  the heads side by side (the concatenated circuit) from one m x (H r) matrix
+  (:func:`concat_singular_values`); the runner primes the memo with these;
 * a matrix far from square (m >= 2n or n >= 2m): from the triangular factor of a QR
   factorisation of its tall orientation (:func:`reduced_singular_values`);
 * otherwise ``torch.linalg.svdvals``.
@@ -26,10 +27,11 @@ from contextvars import ContextVar
 
 import torch
 
-from ._utils import float64
+from ._utils import FINITE, float64
 
 __all__ = [
     "SharedSingularValues",
+    "concat_singular_values",
     "low_rank_singular_values",
     "reduced_singular_values",
     "singular_values",
@@ -54,6 +56,24 @@ def low_rank_singular_values(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return core
 
 
+def concat_singular_values(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Singular values of ``C = [a_1 b_1 | ... | a_H b_H]`` for a (H, m, r) and b (H, r, n),
+    descending, padded with zeros to min(m, H n).
+
+    With thin QR factorisations ``b_h^T = Q_h R_h`` (Q_h n x k, k = min(n, r)),
+    ``C = [a_1 R_1^T | ... | a_H R_H^T] blockdiag(Q_1^T, ..., Q_H^T)`` and the block-diagonal
+    factor has orthonormal rows, so C has the singular values of the m x (H k) matrix
+    ``[a_h R_h^T]`` (for the OV circuit of all heads: d x d instead of d x H d).
+    """
+    h, m = a.shape[0], a.shape[1]
+    n = b.shape[-1]
+    r_b = torch.linalg.qr(b.mT, mode="r").R  # (H, k, r), k = min(n, r)
+    core = (a @ r_b.mT).permute(1, 0, 2).reshape(m, h * r_b.shape[-2])
+    s = reduced_singular_values(core)
+    pad = min(m, h * n) - s.shape[-1]
+    return torch.cat([s, s.new_zeros(pad)]) if pad > 0 else s
+
+
 def reduced_singular_values(x: torch.Tensor) -> torch.Tensor:
     """Singular values of a matrix (or batch), through a QR reduction when it is far from square
     (x^T x = R^T R, so x and R share singular values)."""
@@ -65,11 +85,13 @@ def reduced_singular_values(x: torch.Tensor) -> torch.Tensor:
 
 
 class SharedSingularValues:
-    """Context manager: within it, :func:`singular_values` is memoised per tensor."""
+    """Context manager: within it, :func:`singular_values` is memoised per tensor, and each
+    tensor's finiteness is checked once (``_utils.as_tensor``)."""
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
         self.memo: dict[int, tuple[torch.Tensor, int, torch.Tensor]] = {}
+        self.finite: dict[int, tuple[torch.Tensor, int]] = {}
         self._token = None
 
     def lookup(self, x: torch.Tensor) -> torch.Tensor:
@@ -87,8 +109,10 @@ class SharedSingularValues:
 
     def clear(self) -> None:
         self.memo.clear()
+        self.finite.clear()
 
     def __enter__(self) -> SharedSingularValues:
+        self._finite_token = FINITE.set(self.finite)  # input checks: once per tensor
         if self.enabled:
             self._token = _ACTIVE.set(self)
         return self
@@ -97,6 +121,7 @@ class SharedSingularValues:
         if self._token is not None:
             _ACTIVE.reset(self._token)
             self._token = None
+        FINITE.reset(self._finite_token)
         self.clear()
 
 

@@ -1,0 +1,263 @@
+"""What the figures say: metric full names, panel titles, axis scales, and how files are saved.
+
+Reads table rows and the figure options (:class:`~pico_analyze.config.FiguresConfig`); writes
+nothing itself. Shared by :mod:`pico_analyze.plots` and :mod:`pico_analyze.plots_layers` so that
+every figure names things the same way: the metric's full name (with its settings and what it
+is compared with), the component, module and split, the run.
+
+Matplotlib is used through ``Figure`` objects only (the Agg canvas, no pyplot state), so figures
+can be drawn in any thread or process, with no display.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import re
+import shutil
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator, NullLocator
+
+from pico_analyze.config import FiguresConfig
+from pico_analyze.table import Row
+
+PLOTS_DIR = "plots"
+HEATMAP_FROM_LAYERS = 7  # a metric over more layers than this is drawn as a layer x step heatmap
+PANEL_W, PANEL_H, MAX_COLS = 4.4, 3.2, 3
+
+FULL_NAMES = {
+    "cka": "linear CKA",
+    "svcca": "SVCCA similarity",
+    "pwcca": "PWCCA similarity",
+    "procrustes": "orthogonal Procrustes distance",
+    "effective_rank": "effective rank",
+    "proportional_effective_rank": "proportional effective rank",
+    "stable_rank": "stable rank",
+    "condition_number": "condition number",
+    "gini": "Gini index",
+    "hoyer": "Hoyer sparsity",
+    "frobenius_norm": "Frobenius norm",
+    "spectral_norm": "spectral norm",
+    "nuclear_norm": "nuclear norm",
+    "relative_weight_change": "relative weight change",
+    "gradient_cosine_similarity": "gradient cosine similarity",
+    "train_loss": "training loss",
+    "eval_loss": "held-out loss",
+    "eval_perplexity": "held-out perplexity",
+}
+COMPONENT_NAMES = {
+    "ov_circuit": "OV circuit W_O W_V per head (mean over heads)",
+    "ov_circuit_concat": "OV circuit, heads concatenated",
+    "qk_circuit": "QK circuit W_Q^T W_K per head (mean over heads)",
+    "qk_circuit_concat": "QK circuit, heads concatenated",
+}
+
+
+def safe_name(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=@-]+", "_", label).strip("_") or "metric"
+
+
+def is_cross(row: Row) -> bool:
+    return row.cross_run
+
+
+def is_previous(row: Row) -> bool:
+    return row.metric.endswith("@previous")
+
+
+def metric_name(row: Row) -> str:
+    """Full name of the row's metric with its settings: 'linear CKA [debiased=False]'."""
+    name = FULL_NAMES.get(row.function, row.function.replace("_", " "))
+    settings = re.search(r"\[(.*?)\]", row.metric)
+    if row.function == "cka" and not (settings and "debiased=False" in settings.group(1)):
+        name += " (debiased)"
+    return name + (f" [{settings.group(1)}]" if settings else "")
+
+
+def reference_text(rows: list[Row]) -> str:
+    """What a comparative metric compares with, in words ('' for single-input metrics)."""
+    refs = sorted({r.reference for r in rows if r.reference})
+    if not refs:
+        return ""
+    if all(is_previous(r) for r in rows):
+        return "vs the previous checkpoint"
+    if refs[0].startswith("run "):
+        return f"vs run {refs[0].removeprefix('run ')} (same layer, same step)"
+    target = rows[0].metric.rsplit("@", 1)[-1] if "@" in rows[0].metric else ""
+    steps = ", ".join(r.removeprefix("step ") for r in refs)
+    return f"vs step {steps}" + (f" ({target})" if target and not target.isdigit() else "")
+
+
+def panel_title(row: Row) -> str:
+    """Component, module and split of a panel, in words."""
+    split = f" ({row.split} batch)" if row.split else ""
+    if row.kind == "benchmark":
+        return f"benchmark {row.module}"
+    if row.component == "model":
+        return f"whole model{split}"
+    if row.component in COMPONENT_NAMES:
+        return f"{COMPONENT_NAMES[row.component]}, {row.kind}{split}"
+    return f"{row.kind} of {row.module}{split}"
+
+
+def group_key(row: Row) -> tuple:
+    return (row.component, row.kind, row.module, row.split)
+
+
+# ----------------------------------------------------------------------------------------------
+# Axes
+# ----------------------------------------------------------------------------------------------
+
+
+def x_of(row: Row, opts: FiguresConfig) -> float:
+    if opts.x_axis == "tokens" and row.tokens_seen is not None:
+        return float(row.tokens_seen)
+    return float(row.step)
+
+
+def x_label(opts: FiguresConfig) -> str:
+    return "tokens seen" if opts.x_axis == "tokens" else "training step"
+
+
+def log_spaced(xs) -> bool:
+    """True when the positive x values span >= 16x and their gaps vary >= 8x (Pythia-style)."""
+    pos = sorted({x for x in xs if x > 0})
+    if len(pos) < 4 or pos[-1] / pos[0] < 16:
+        return False
+    gaps = np.diff(pos)
+    return gaps.max() / gaps.min() >= 8
+
+
+def set_x_scale(ax, xs, opts: FiguresConfig) -> None:
+    """Linear or symlog x (symlog keeps step 0 and shows log-spaced early checkpoints)."""
+    xs = list(xs)
+    scale = opts.step_scale
+    if scale == "auto":
+        scale = "symlog" if log_spaced(xs) else "linear"
+    if scale == "symlog":
+        pos = [x for x in xs if x > 0]
+        ax.set_xscale("symlog", linthresh=min(pos) if pos else 1.0, linscale=0.4)
+        ax.xaxis.set_minor_locator(NullLocator())  # minor ticks cost a draw each, say little
+    ax.set_xlabel(x_label(opts) + (" (symlog)" if scale == "symlog" else ""), fontsize=8)
+
+
+def spans_decades(values, decades: float = 1.5) -> bool:
+    """All positive and max/min >= 10**decades (~32x): a log axis reads better."""
+    v = [x for x in values if math.isfinite(x)]
+    return bool(v) and min(v) > 0 and max(v) / min(v) >= 10**decades
+
+
+def set_y_scale(ax, values) -> None:
+    if spans_decades(values):
+        ax.set_yscale("log")
+        ax.yaxis.set_minor_locator(NullLocator())
+    else:
+        ax.yaxis.set_major_locator(MaxNLocator(5))
+
+
+# ----------------------------------------------------------------------------------------------
+# Figures and files
+# ----------------------------------------------------------------------------------------------
+
+
+def figure(
+    n: int, cols: int = MAX_COLS, w: float = PANEL_W, h: float = PANEL_H, legend_rows: int = 0
+):
+    """A figure with n panels on a grid; fixed margins (no constrained layout: one draw);
+    `legend_rows` reserves room below the panels for a figure legend."""
+    cols = max(1, min(cols, n))
+    rows = math.ceil(n / cols)
+    below = 0.65 + 0.17 * legend_rows + (0.15 if legend_rows else 0)
+    width, height = w * cols, h * rows + 0.15 + below
+    fig = Figure(figsize=(width, height))
+    fig.subplots_adjust(
+        left=0.95 / width,
+        right=1 - 0.3 / width,
+        bottom=below / height,
+        top=1 - 0.8 / height,
+        wspace=0.45,
+        hspace=0.55,
+    )
+    axes = fig.subplots(rows, cols, squeeze=False).ravel().tolist()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    for ax in axes[:n]:
+        ax.tick_params(labelsize=7)
+        ax.grid(True, alpha=0.25, linewidth=0.5)
+    return fig, axes[:n]
+
+
+def figure_legend(fig, ax, n_cols: int = 4) -> None:
+    """One legend for the whole figure, below the panels (the entries of `ax`)."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=n_cols, fontsize=7, frameon=False)
+
+
+def legend_rows(n_entries: int, n_cols: int = 4) -> int:
+    return math.ceil(n_entries / n_cols)
+
+
+def fresh_dir(out_dir: Path) -> Path:
+    """OUT/plots emptied (an earlier analysis's figures never linger) and created."""
+    folder = out_dir / PLOTS_DIR
+    if folder.is_dir():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    return folder
+
+
+def save(fig: Figure, folder: Path, stem: str, opts: FiguresConfig) -> list[Path]:
+    """Write the figure once per format (PNG first when requested); return the paths."""
+    paths = []
+    for fmt in opts.formats:
+        path = folder / f"{safe_name(stem)}.{fmt}"
+        fig.savefig(path, dpi=opts.dpi, format=fmt)
+        paths.append(path)
+    return paths
+
+
+# ----------------------------------------------------------------------------------------------
+# Drawing several figures
+# ----------------------------------------------------------------------------------------------
+
+MAX_FIGURE_WORKERS, FIGURES_PER_WORKER = 4, 3
+_JOBS: list[tuple] = []  # the jobs of the current render(), inherited by forked workers
+
+
+def _run_job(i: int) -> list[Path]:
+    fn, args = _JOBS[i]
+    return fn(*args)
+
+
+def figure_workers(n_jobs: int) -> int:
+    """Processes worth forking for `n_jobs` figures: one per available core (at most 4), each
+    drawing at least 3 figures; 1 where fork is unavailable. Called after the analysis's own
+    workers have finished, so the cores are free (never more processes than cores)."""
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cores or 1, MAX_FIGURE_WORKERS, n_jobs // FIGURES_PER_WORKER))
+
+
+def render(jobs: list[tuple]) -> list[Path]:
+    """Run figure jobs ``(fn, args) -> [paths]``; in forked processes when that helps (each
+    figure is its own ``Figure`` object: no shared pyplot state). Paths come back in job order."""
+    global _JOBS
+    workers = figure_workers(len(jobs))
+    if workers <= 1:
+        return [p for fn, args in jobs for p in fn(*args)]
+    _JOBS = jobs
+    try:
+        # fork: the workers inherit the rows in memory (nothing is pickled on the way in).
+        ctx = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            results = list(pool.map(_run_job, range(len(jobs))))
+    finally:
+        _JOBS = []
+    return [p for paths in results for p in paths]
