@@ -80,9 +80,11 @@ def all_config() -> dict:
     return {"splits": ["eval"], "metrics": metrics}
 
 
-def measure(cmd: list[str], env: dict[str, str]) -> tuple[float, float, float, int]:
-    """(wall seconds, peak summed RSS of the tree in MB, peak single-process RSS in MB, rc)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+def measure(cmd: list[str], env: dict[str, str]) -> tuple[float, float, float, float, int]:
+    """(wall seconds, CPU seconds of the tree, peak summed RSS of the tree in MB, peak
+    single-process RSS in MB, return code)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    before, cpu_before = usage.ru_maxrss, usage.ru_utime + usage.ru_stime
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     root = psutil.Process(proc.pid)
@@ -103,8 +105,9 @@ def measure(cmd: list[str], env: dict[str, str]) -> tuple[float, float, float, i
     output = proc.stdout.read().decode()
     if proc.returncode:
         print(output, file=sys.stderr)
-    single = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KB on Linux
-    return wall, peak / 2**20, max(single, before) / 1024, proc.returncode
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # the child and its waited-for workers
+    cpu = usage.ru_utime + usage.ru_stime - cpu_before
+    return wall, cpu, peak / 2**20, max(usage.ru_maxrss, before) / 1024, proc.returncode
 
 
 def main() -> None:
@@ -150,6 +153,7 @@ def main() -> None:
             rows = list(csv.DictReader(f))
         noted = sum(1 for r in rows if r["note"])
         walls = [w for w, *_ in runs]
+        cpus = [c for _, c, *_ in runs]
         print(
             f"run: {args.shape} (d_model {args_shape_d(args.shape)}), {args.layers} layers, "
             f"{args.checkpoints} checkpoints, {args.rows} sequences per split, {args.layout} "
@@ -163,9 +167,9 @@ def main() -> None:
         )
         print(
             f"whole process: {min(walls):.2f} s (min of {len(walls)}; median "
-            f"{statistics.median(walls):.2f} s); peak memory of the process tree "
-            f"{max(p for _, p, _, _ in runs):.0f} MB (largest single process "
-            f"{max(s for _, _, s, _ in runs):.0f} MB)"
+            f"{statistics.median(walls):.2f} s), CPU {min(cpus):.2f} s (user + system, all "
+            f"processes); peak memory of the process tree {max(r[2] for r in runs):.0f} MB "
+            f"(largest single process {max(r[3] for r in runs):.0f} MB)"
         )
 
 

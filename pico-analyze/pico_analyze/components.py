@@ -3,7 +3,9 @@
 Reads tensors already in memory (a :class:`~pico_analyze.load.Checkpoint`; nothing is reloaded
 per metric) and writes component tensors: one module's activations/weights/gradients
 (``simple``), or the attention OV and QK circuits of each head and of all heads side by side.
-Circuits are formed in float64 on the tensors' device.
+Circuits are formed in float64 on the tensors' device: the product of the stored factors is
+then exact to float64 rounding, and the singular values the runner takes from the factors agree
+with a decomposition of the circuit itself to ~1e-12.
 
 Notation for one attention layer (PyTorch ``nn.Linear`` weights are ``(out, in)``): ``d`` model
 width, ``H`` query heads, ``K`` key/value heads, ``hd`` head dim, ``g(h) = h // (H / K)`` the
@@ -47,50 +49,61 @@ V_PROJ, O_PROJ, Q_PROJ, K_PROJ = (
 # ----------------------------------------------------------------------------------------------
 
 
+def _working(t: torch.Tensor) -> torch.Tensor:
+    """`t` in the precision circuits are formed in: float64."""
+    return t.double()
+
+
+def _common(*ts: torch.Tensor) -> list[torch.Tensor]:
+    """The inputs of one circuit in its working precision."""
+    return [_working(t) for t in ts]
+
+
 def _kv_index(shape: ModelShape, device) -> torch.Tensor:
     """g(h) for every query head h: (H,) long."""
     return torch.arange(shape.n_heads, device=device) // shape.group_size
 
 
 def _out_heads(w_o: torch.Tensor, shape: ModelShape) -> torch.Tensor:
-    """o_proj.weight (d, H*hd) -> W_O,h stacked: (H, d, hd), float64."""
+    """o_proj.weight (d, H*hd) -> W_O,h stacked: (H, d, hd)."""
     d, hd = shape.d_model, shape.head_dim
     if tuple(w_o.shape) != (d, shape.n_heads * hd):
         raise ValueError(
             f"o_proj weight has shape {tuple(w_o.shape)}, expected "
             f"({d}, {shape.n_heads * hd}) for d={d}, {shape.n_heads} heads of {hd}."
         )
-    return w_o.double().view(d, shape.n_heads, hd).permute(1, 0, 2)
+    return _working(w_o).view(d, shape.n_heads, hd).permute(1, 0, 2)
 
 
 def _in_heads(w: torch.Tensor, shape: ModelShape, n_heads: int, what: str) -> torch.Tensor:
-    """A (n_heads*hd, d) projection weight -> per-head rows (n_heads, hd, d), float64."""
+    """A (n_heads*hd, d) projection weight -> per-head rows (n_heads, hd, d)."""
     d, hd = shape.d_model, shape.head_dim
     if tuple(w.shape) != (n_heads * hd, d):
         raise ValueError(
             f"{what} weight has shape {tuple(w.shape)}, expected "
             f"({n_heads * hd}, {d}) for {n_heads} heads of {hd}, d={d}."
         )
-    return w.double().view(n_heads, hd, d)
+    return _working(w).view(n_heads, hd, d)
 
 
 def _value_heads(w_v: torch.Tensor, shape: ModelShape) -> torch.Tensor:
-    """W_V,g(h) for every query head h: (H, hd, d), float64 (GQA: heads of a group share it)."""
+    """W_V,g(h) for every query head h: (H, hd, d) (GQA: heads of a group share it)."""
     return _in_heads(w_v, shape, shape.n_kv_heads, "v_proj")[_kv_index(shape, w_v.device)]
 
 
 # Each circuit is a product of per-head factors A_h (m x r) @ B_h (r x n) with r <= 2 hd; the
 # factors are kept so the runner can get the singular values from an r x r core.
-Factors = tuple[torch.Tensor, torch.Tensor]  # A (H, m, r), B (H, r, n), float64
+Factors = tuple[torch.Tensor, torch.Tensor]  # A (H, m, r), B (H, r, n)
 
 
 def ov_weight_factors(w_v: torch.Tensor, w_o: torch.Tensor, shape: ModelShape) -> Factors:
     """(W_O,h, W_V,g(h)) stacked: (H, d, hd) and (H, hd, d). See :func:`ov_weights`."""
+    w_v, w_o = _common(w_v, w_o)
     return _out_heads(w_o, shape), _value_heads(w_v, shape)
 
 
 def ov_weights(w_v: torch.Tensor, w_o: torch.Tensor, shape: ModelShape) -> torch.Tensor:
-    """OV circuit of every head: ``M_h = W_O,h @ W_V,g(h)``, stacked (H, d, d), float64.
+    """OV circuit of every head: ``M_h = W_O,h @ W_V,g(h)``, stacked (H, d, d).
 
     ``w_v`` is v_proj.weight (K*hd, d), ``w_o`` o_proj.weight (d, H*hd). ``M_h`` maps a normed
     block input ``x`` (row vector) to the head's write ``x M_h^T`` into the residual stream
@@ -101,6 +114,7 @@ def ov_weights(w_v: torch.Tensor, w_o: torch.Tensor, shape: ModelShape) -> torch
 
 def ov_activation_factors(v_out: torch.Tensor, w_o: torch.Tensor, shape: ModelShape) -> Factors:
     """(v_g(h), W_O,h^T) stacked: (H, n, hd) and (H, hd, d). See :func:`ov_activations`."""
+    v_out, w_o = _common(v_out, w_o)
     n = v_out.shape[0]
     kv_width = shape.n_kv_heads * shape.head_dim
     if v_out.ndim != 2 or v_out.shape[1] != kv_width:
@@ -108,13 +122,13 @@ def ov_activation_factors(v_out: torch.Tensor, w_o: torch.Tensor, shape: ModelSh
             f"v_proj activations have shape {tuple(v_out.shape)}, expected "
             f"(n, {kv_width}) for {shape.n_kv_heads} kv heads of {shape.head_dim}."
         )
-    v = v_out.double().view(n, shape.n_kv_heads, shape.head_dim)
+    v = _working(v_out).view(n, shape.n_kv_heads, shape.head_dim)
     v = v[:, _kv_index(shape, v_out.device)].permute(1, 0, 2)  # (H, n, hd): v_g(h)
     return v, _out_heads(w_o, shape).transpose(1, 2)
 
 
 def ov_activations(v_out: torch.Tensor, w_o: torch.Tensor, shape: ModelShape) -> torch.Tensor:
-    """OV activations of every head: ``a_h = v_g(h) @ W_O,h^T``, stacked (H, n, d), float64.
+    """OV activations of every head: ``a_h = v_g(h) @ W_O,h^T``, stacked (H, n, d).
 
     ``v_out`` is the captured v_proj output (n, K*hd): row ``i`` is ``v = x_i W_V^T`` for the
     normed block input ``x_i`` of captured token ``i``, and ``v_g = v[:, g*hd:(g+1)*hd]``
@@ -130,6 +144,7 @@ def ov_gradient_factors(
 ) -> Factors:
     """([G_O,h | W_O,h], [W_V,g ; G_V,g]) stacked: (H, d, 2hd) and (H, 2hd, d); their product
     is ``G_O,h W_V,g + W_O,h G_V,g``. See :func:`ov_gradients`."""
+    g_v, g_o, w_v, w_o = _common(g_v, g_o, w_v, w_o)
     a = torch.cat([_out_heads(g_o, shape), _out_heads(w_o, shape)], dim=2)
     b = torch.cat([_value_heads(w_v, shape), _value_heads(g_v, shape)], dim=1)
     return a, b
@@ -138,7 +153,7 @@ def ov_gradient_factors(
 def ov_gradients(
     g_v: torch.Tensor, g_o: torch.Tensor, w_v: torch.Tensor, w_o: torch.Tensor, shape: ModelShape
 ) -> torch.Tensor:
-    """OV "gradient" of every head: ``dM_h = G_O,h @ W_V,g + W_O,h @ G_V,g``, (H, d, d) float64.
+    """OV "gradient" of every head: ``dM_h = G_O,h @ W_V,g + W_O,h @ G_V,g``, (H, d, d).
 
     ``G_O = dL/d o_proj.weight`` (d, H*hd) and ``G_V = dL/d v_proj.weight`` (K*hd, d) are the
     captured weight gradients, sliced per head like the weights.
@@ -165,13 +180,14 @@ def ov_gradients(
 
 def qk_weight_factors(w_q: torch.Tensor, w_k: torch.Tensor, shape: ModelShape) -> Factors:
     """(W_Q,h^T, W_K,g(h)) stacked: (H, d, hd) and (H, hd, d). See :func:`qk_weights`."""
+    w_q, w_k = _common(w_q, w_k)
     w_q_h = _in_heads(w_q, shape, shape.n_heads, "q_proj")
     w_k_g = _in_heads(w_k, shape, shape.n_kv_heads, "k_proj")[_kv_index(shape, w_k.device)]
     return w_q_h.transpose(1, 2), w_k_g
 
 
 def qk_weights(w_q: torch.Tensor, w_k: torch.Tensor, shape: ModelShape) -> torch.Tensor:
-    """QK circuit of every head: ``W_Q,h^T @ W_K,g(h)``, stacked (H, d, d), float64.
+    """QK circuit of every head: ``W_Q,h^T @ W_K,g(h)``, stacked (H, d, d).
 
     The attention score of query ``x_i`` on key ``x_j`` is ``x_i W_Q,h^T R_{j-i} W_K,g x_j^T /
     sqrt(hd)`` with ``R`` the rotary rotation; this is the bilinear form at relative offset 0

@@ -130,7 +130,7 @@ class LayerSimilarityConfig:
     steps: str | list[int] = "last"  # last | all | a list of steps
     split: str = "eval"
     modules: list[str] | None = None  # None: every captured module (activations)
-    permutations: int = 100  # permutation null per value; 0 disables it
+    permutations: int = 100  # permutation null per cross-run value; 0 disables it
     debiased: bool = True
 
 

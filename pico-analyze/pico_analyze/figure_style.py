@@ -203,6 +203,17 @@ def legend_rows(n_entries: int, n_cols: int = 4) -> int:
     return math.ceil(n_entries / n_cols)
 
 
+def colorbar(fig, image, ax, label: str, log: bool) -> None:
+    """A labelled colour bar with few ticks (each tick costs a text layout per draw)."""
+    bar = fig.colorbar(image, ax=ax)
+    bar.set_label(label, fontsize=7)
+    if not log:
+        bar.locator = MaxNLocator(4)
+        bar.update_ticks()
+    bar.ax.minorticks_off()
+    bar.ax.tick_params(labelsize=6)
+
+
 def fresh_dir(out_dir: Path) -> Path:
     """OUT/plots emptied (an earlier analysis's figures never linger) and created."""
     folder = out_dir / PLOTS_DIR

@@ -10,7 +10,7 @@ returns :class:`LayerPair` records that :func:`write_pairs` saves as ``layer_sim
   runs of different depth and width compare (CKA needs only the same inputs). At every other
   shared step, the same-index pairs (i, i) only: their permutation null is the band drawn under
   the cross-run similarity curves.
-* Each value carries a permutation null (:func:`~pico_analyze.metrics.similarity_null.
+* Each cross-run value carries a permutation null (:func:`~pico_analyze.metrics.similarity_null.
   cka_permutation_test`): the p-value and the 2.5%..97.5% band of CKA for unrelated inputs.
 
 Pairs whose inputs differ (token ids of the two captures) are not measured; the reason is the
@@ -91,10 +91,10 @@ class _Activations:
         return data.token_ids if data is not None else None
 
 
-def _measure(x, y, cfg: AnalysisConfig, seed: int) -> dict:
+def _measure(x, y, cfg: AnalysisConfig, seed: int, null: bool) -> dict:
     ls = cfg.layer_similarity
     try:
-        if ls.permutations == 0:
+        if ls.permutations == 0 or not null:
             return {"cka": float(cka(x, y, debiased=ls.debiased))}
         r = cka_permutation_test(
             x, y, n_permutations=ls.permutations, debiased=ls.debiased, seed=seed
@@ -132,7 +132,8 @@ def _pair(a: _Activations, b: _Activations, step, suffix, i, j, cfg, seed) -> La
             note=f"the '{a.split}' captures of the two runs are different batches (token ids "
             f"differ): the runs were trained on different data",
         )
-    return LayerPair(**base, debiased=cfg.layer_similarity.debiased, **_measure(x, y, cfg, seed))
+    values = _measure(x, y, cfg, seed, null=a is not b)
+    return LayerPair(**base, debiased=cfg.layer_similarity.debiased, **values)
 
 
 def _selected(steps: list[int], choice) -> list[int]:
@@ -157,6 +158,8 @@ def layer_similarity(
     shared = sorted(set.intersection(*(set(steps[n]) for n in names))) if cross else []
     matrix_steps = set(_selected(shared, ls.steps))
     chosen = {n: set(_selected(steps[n], ls.steps)) for n in names}
+    for a in acts:  # a Hub run downloads the activation files it does not hold yet
+        a.source.prepare(sorted(chosen[a.source.name] | set(shared)), a.request)
     pairs: list[LayerPair] = []
     seed = 0  # one permutation draw per pair, reproducible
     for step in sorted(set(shared).union(*chosen.values())):

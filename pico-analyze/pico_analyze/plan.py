@@ -128,15 +128,20 @@ def available_cores() -> int:
 
 
 def thread_budget() -> int:
-    """Threads the analysis may keep busy in all: torch's intra-op thread count of this process
-    (its default is the physical cores; OMP_NUM_THREADS or torch.set_num_threads lower it),
-    never more than the available cores."""
-    return max(1, min(torch.get_num_threads(), available_cores()))
+    """Threads the analysis may keep busy in all: the cores this process may run on (limit
+    them with taskset, or the process count with --workers)."""
+    return available_cores()
 
 
 def worker_plan(requested: int, budget: int) -> tuple[int, int]:
-    """(worker processes, torch threads per worker) for `requested` workers within `budget`
-    threads: workers x threads never exceeds the budget (no oversubscription)."""
+    """(processes, torch threads per process) for `requested` processes within `budget`
+    threads: processes x threads never exceeds the budget (no oversubscription).
+
+    Each process runs ONE torch thread. The analysis is many small matrix operations
+    (d x d circuits, 128-row activations), where intra-op threads gain little and, on a shared
+    machine, OpenMP's spinning threads lose badly: measured on 2 busy cores
+    (benchmarks/bench_analyze.py, tiny shape), one process with 2 threads took 112 CPU-s and
+    299 s against 5.8 CPU-s and 19 s with one thread. Parallelism comes from processes."""
     workers = max(1, min(requested, budget))
     if workers < requested:
         log.warning(
@@ -145,7 +150,7 @@ def worker_plan(requested: int, budget: int) -> tuple[int, int]:
             budget,
             workers,
         )
-    return workers, max(1, budget // workers)
+    return workers, 1
 
 
 def auto_workers(n_steps: int, device: str) -> int:

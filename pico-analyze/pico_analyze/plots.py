@@ -127,12 +127,11 @@ def _heatmap(fig, ax, rows: list[Row], opts: FiguresConfig, label: str) -> None:
     stride = max(1, math.ceil(len(xs) / 8))
     fmt = (lambda x: f"{x:.2g}") if opts.x_axis == "tokens" else (lambda x: str(int(x)))
     ax.set_xticks(range(0, len(xs), stride), [fmt(x) for x in xs[::stride]], fontsize=7)
-    ax.set_yticks(range(len(layers)), [str(x) for x in layers], fontsize=7)
+    ystride = max(1, math.ceil(len(layers) / 6))  # every tick is an artist: few of them
+    ax.set_yticks(range(0, len(layers), ystride), [str(x) for x in layers[::ystride]], fontsize=7)
     ax.set_xlabel(f"checkpoint ({fs.x_label(opts)})", fontsize=8)
     ax.set_ylabel("layer", fontsize=8)
-    bar = fig.colorbar(image, ax=ax)
-    bar.set_label(label, fontsize=7)
-    bar.ax.tick_params(labelsize=6)
+    fs.colorbar(fig, image, ax, label, log)
 
 
 def _metric_figures(folder, label, lrows, opts, run_name: str | None) -> list[Path]:

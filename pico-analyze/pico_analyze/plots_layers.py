@@ -2,9 +2,9 @@
 
 Reads :class:`~pico_analyze.layer_similarity.LayerPair` records; writes ``layer_cka_MODULE``
 figures into the plots folder: a panel per run (within-run matrix at its step) and, in a
-comparison, a panel per other run (reference run's layers x that run's layers). Cells whose CKA
-is not above the permutation null (p >= 0.05) are marked with a dot; values are written in the
-cells when a matrix has at most 8 x 8 of them.
+comparison, a panel per other run (reference run's layers x that run's layers). Cross-run cells
+whose CKA is not above the permutation null (p >= 0.05) are marked with * (or a dot when the
+matrix is larger than 8 x 8, where values are not written in the cells).
 """
 
 from __future__ import annotations
@@ -103,9 +103,7 @@ def _module_figure(module: str, panels, folder: Path, opts: FiguresConfig) -> li
                     )
                 elif weak:
                     ax.plot(j, i, ".", color="cyan", ms=3)
-        bar = fig.colorbar(image, ax=ax)
-        bar.set_label(f"linear CKA {debiased}", fontsize=7)
-        bar.ax.tick_params(labelsize=6)
+        fs.colorbar(fig, image, ax, f"linear CKA {debiased}", False)
     split = panels[0][1][0].split
     fig.suptitle(f"Layer x layer CKA, {module} activations ({split} batch)", fontsize=9)
     fig.text(

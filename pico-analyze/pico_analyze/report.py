@@ -31,6 +31,8 @@ def _fmt(x: float) -> str:
 
 def _where(r: Row) -> str:
     split = f" [{r.split}]" if r.split else ""
+    if r.component == "model":  # loss and benchmark rows (pico_analyze.scores)
+        return f"{r.kind} {r.module if r.kind == 'benchmark' else 'whole model'}{split}"
     return f"{r.kind} {r.module}{split}" + ("" if r.component == "simple" else f" {r.component}")
 
 
@@ -53,24 +55,29 @@ def log_notes(rows: list[Row]) -> None:
 
 
 def highlights(rows: list[Row], show_run: bool = False) -> list[str]:
-    """Per metric label and group: mean over layers and heads at the first and last step."""
+    """Per metric label (its first group): mean over layers and heads at the first and last
+    step. Loss rows come first; with several runs, the same labels for every run (fewer of them,
+    so the summary stays short)."""
     acc: dict[tuple, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         if math.isfinite(r.value):
             acc[(r.run, r.metric, _where(r))][r.step].append(r.value)
-    lines, seen_labels = [], set()
-    for (run, label, where), by_step in acc.items():
-        if (run, label) in seen_labels:  # one line per label keeps the summary short
-            continue
-        seen_labels.add((run, label))
-        steps = sorted(by_step)
-        first, last = (sum(by_step[s]) / len(by_step[s]) for s in (steps[0], steps[-1]))
-        lines.append(
-            f"  {label:<34} {where}: step {steps[0]} {_fmt(first)} -> "
-            f"step {steps[-1]} {_fmt(last)}" + (f"  ({run})" if show_run else "")
-        )
-        if len(lines) >= MAX_HIGHLIGHTS:
-            break
+    runs = list(dict.fromkeys(run for run, _, _ in acc))
+    labels = list(dict.fromkeys(label for _, label, _ in acc))
+    labels.sort(key=lambda label: label not in ("train_loss", "eval_loss"))
+    labels = labels[: max(3, MAX_HIGHLIGHTS // max(1, len(runs)))]
+    lines, seen = [], set()
+    for label in labels:
+        for (run, lab, where), by_step in acc.items():
+            if lab != label or (run, label) in seen:  # one line per label and run
+                continue
+            seen.add((run, label))
+            steps = sorted(by_step)
+            first, last = (sum(by_step[s]) / len(by_step[s]) for s in (steps[0], steps[-1]))
+            lines.append(
+                f"  {label:<34} {where}: step {steps[0]} {_fmt(first)} -> "
+                f"step {steps[-1]} {_fmt(last)}" + (f"  ({run})" if show_run else "")
+            )
     return lines
 
 

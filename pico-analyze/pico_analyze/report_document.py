@@ -108,31 +108,51 @@ def _what(result: AnalysisResult, sources) -> list:
     ]
 
 
-def _summary_rows(result: AnalysisResult) -> list[list]:
-    acc: dict[tuple, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+def _first_last(result: AnalysisResult) -> dict[tuple, dict[str, tuple]]:
+    """(metric, component) -> run -> (first step, mean value, last step, mean value); loss and
+    benchmark rows first, then the metrics in table order."""
+    acc: dict[tuple, dict[str, dict[int, list[float]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(list))
+    )
     for r in result.rows:
         if math.isfinite(r.value):
-            acc[(r.run, fs.metric_name(r), fs.reference_text([r]), fs.panel_title(r))][
-                r.step
-            ].append(r.value)
-    out = []
-    for (run, name, ref, where), by_step in acc.items():
-        steps = sorted(by_step)
-        first, last = (sum(by_step[s]) / len(by_step[s]) for s in (steps[0], steps[-1]))
-        change = last - first
-        out.append(
-            [
-                run,
-                f"{name} {ref}".strip(),
-                where,
-                steps[0],
-                _fmt(first),
-                steps[-1],
-                _fmt(last),
-                f"{change:+.4g}",
-            ]
-        )
+            key = (
+                r.kind not in ("loss", "benchmark"),
+                f"{fs.metric_name(r)} {fs.reference_text([r])}".strip(),
+                fs.panel_title(r),
+            )
+            acc[key][r.run][r.step].append(r.value)
+    out = {}
+    for key in sorted(acc, key=lambda k: k[0]):  # stable: table order within each block
+        out[key[1:]] = {}
+        for run, by_step in acc[key].items():
+            steps = sorted(by_step)
+            mean = [sum(by_step[s]) / len(by_step[s]) for s in (steps[0], steps[-1])]
+            out[key[1:]][run] = (steps[0], mean[0], steps[-1], mean[1])
     return out
+
+
+def _summary(result: AnalysisResult) -> tuple[list[str], list[list]]:
+    """(header, rows): one run: first/last step and value and the change; several runs: a
+    column per run holding 'first -> last' (each run's own first and last analysed step)."""
+    table = _first_last(result)
+    if len(result.runs) == 1:
+        header = ["metric", "component", "first step", "value", "last step", "value", "change"]
+        rows = [
+            [name, where, a, _fmt(x), b, _fmt(y), f"{y - x:+.4g}"]
+            for (name, where), per_run in table.items()
+            for a, x, b, y in per_run.values()
+        ]
+        return header, rows
+    header = ["metric", "component", *result.runs]
+    rows = []
+    for (name, where), per_run in table.items():
+        cells = []
+        for run in result.runs:
+            v = per_run.get(run)
+            cells.append(f"{_fmt(v[1])} -> {_fmt(v[3])}" if v else "")
+        rows.append([name, where, *cells])
+    return header, rows
 
 
 def _layers(result: AnalysisResult) -> list:
@@ -202,10 +222,12 @@ def build(result: AnalysisResult, sources) -> _Doc:
     )
     doc = _Doc(title)
     doc.add("What was analysed", *_what(result, sources))
-    header = ["run", "metric", "component", "first step", "value", "last step", "value", "change"]
+    header, rows = _summary(result)
+    spans = "; ".join(f"{run}: steps {st[0]}..{st[-1]}" for run, st in result.steps.items() if st)
     doc.add(
         "Summary: first -> last checkpoint (mean over layers and heads)",
-        ("table", header, _summary_rows(result)),
+        ("p", f"Loss and benchmark scores first, then the metrics. {spans}."),
+        ("table", header, rows),
     )
     layers = _layers(result)
     if layers:

@@ -6,9 +6,9 @@ the tensors the config needs, on the analysis device), builds each component onc
 returns :class:`~pico_analyze.table.Row` objects for :mod:`pico_analyze.table`.
 
 * Metrics get each tensor as loaded (float32 captures stay float32; bf16 ones are upcast to
-  float32 by the loader, exactly; circuits are float64 products), so every value in the table
-  equals a direct call of the metric on that tensor, and rank tolerances documented for the
-  input's dtype hold in the table too.
+  float32 by the loader, exactly; circuits are float64 products), so every value in
+  the table equals a direct call of the metric on that tensor, and rank tolerances documented
+  for the input's dtype hold in the table too.
 * The metrics of one matrix share one singular value decomposition
   (:mod:`pico_analyze.metrics.singular_values`); per-head circuits get theirs from their low-rank
   factors.
@@ -441,9 +441,9 @@ def run_analysis(
 ) -> tuple[list[Row], ChunkResult]:
     """Analyse `sources` (several: also cross-run comparisons); return rows and timing stats.
 
-    Workers: a number runs that many processes over contiguous chunks of steps, each with
-    budget // workers torch threads, so workers x threads never exceeds the thread budget
-    (torch's thread count of this process, at most the available cores). Left automatic,
+    Workers: a number runs that many processes (this one included) over contiguous chunks of
+    steps, each with one torch thread, at most one per thread of the budget (torch's thread
+    count of this process, at most the available cores; see plan.worker_plan). Left automatic,
     the first checkpoint is analysed here and timed; the others go to worker processes only
     when the expected saving exceeds their start-up cost (else this process goes on, so every
     checkpoint is loaded once).

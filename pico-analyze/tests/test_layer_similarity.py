@@ -60,6 +60,7 @@ def test_layer_matrices_within_and_across_runs_of_different_depth(tmp_path):
     within = [p for p in pairs if p.within and p.run_a == "a" and p.module == "mlp.down_proj"]
     assert {(p.layer_a, p.layer_b) for p in within} == {(0, 0), (0, 1), (1, 1)}
     assert all(p.step == 10 for p in within)  # 'last'
+    assert all(math.isnan(p.p_value) for p in within)  # the null is drawn for cross-run pairs
     diag = [p for p in within if p.layer_a == p.layer_b]
     assert all(p.cka == pytest.approx(1.0) for p in diag)
     across = [p for p in pairs if not p.within and p.step == 10 and p.module == "mlp.down_proj"]

@@ -86,15 +86,35 @@ def test_report_html_is_self_contained_and_every_image_resolves(compared):
     # The Markdown report links files that exist.
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md.read_text())
     assert links and all((compared.out_dir / link).is_file() for link in links)
-    assert "| narrow | held-out loss |" in md.read_text()
+    assert "| held-out loss | whole model (eval batch) |" in md.read_text()
 
 
-def test_summary_table_is_first_to_last_checkpoint(compared):
+def test_summary_table_is_first_to_last_checkpoint(compared, scored_runs, tmp_path):
     md = compared.report_paths[0].read_text()
-    line = next(x for x in md.splitlines() if x.startswith("| narrow | held-out loss |"))
+    line = next(x for x in md.splitlines() if x.startswith("| held-out loss |"))
     cells = [c.strip() for c in line.strip("|").split("|")]
-    assert cells[3] == "0" and float(cells[4]) == pytest.approx(6.0)
-    assert cells[5] == "32" and float(cells[6]) == pytest.approx(6.0 - 1.6)
+    assert cells[:2] == ["held-out loss", "whole model (eval batch)"]
+    first, last = (float(x) for x in cells[2].split(" -> "))  # run 'narrow', steps 0 -> 32
+    assert first == pytest.approx(6.0) and last == pytest.approx(6.0 - 1.6)
+    assert md.index("| training loss |") < md.index("| effective rank |")  # loss first
+    # One run: first and last step, their values and the change.
+    from pico_analyze import analyze_run
+
+    cfg = {
+        "plots": False,
+        "progress": False,
+        "layer_similarity": {"enabled": False},
+        "metrics": [
+            {
+                "metric": "frobenius_norm",
+                "components": [{"type": "simple", "kind": "weights", "module": "mlp.down_proj"}],
+            }
+        ],
+    }
+    single = analyze_run(scored_runs[0], cfg, tmp_path / "one").report_paths[0].read_text()
+    line = next(x for x in single.splitlines() if x.startswith("| held-out loss |"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[2] == "0" and cells[4] == "32" and float(cells[6]) == pytest.approx(-1.6)
 
 
 @pytest.mark.slow
