@@ -237,3 +237,25 @@ def test_tokens_on_the_x_axis_and_compare_default_folder(compared, scored_runs, 
     }
     result = compare_runs([a, b], {**cfg, "metrics": [], "compare": {"metrics": []}})
     assert result.out_dir == a / "analysis-compare" and result.table_path.is_file()
+
+
+def test_cli_figure_options(pico_run, tmp_path):
+    from click.testing import CliRunner
+
+    from pico_analyze.cli import main
+
+    cfg = tmp_path / "a.yaml"
+    cfg.write_text(
+        "layers: [0]\nlayer_similarity: {enabled: false}\nmetrics:\n  - metric: hoyer\n"
+        "    components: [{type: simple, kind: weights, module: mlp.down_proj}]\n"
+    )
+    args = ["run", str(pico_run), "--config", str(cfg), "--no-progress", "--workers", "1"]
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        main, [*args, "--out", str(out), "--format", "png,svg", "--dpi", "50"]
+    )
+    assert result.exit_code == 0, result.output
+    assert {p.name for p in (out / "plots").iterdir()} == {"hoyer.png", "hoyer.svg"}
+    bad = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "bad"), "--format", "jpg"])
+    assert bad.exit_code != 0 and "figures.formats: 'jpg' is not one of png, pdf, svg" in bad.output
+    assert len(bad.output.strip().splitlines()) == 1
