@@ -120,6 +120,14 @@ def x_of(row: Row, opts: FiguresConfig) -> float:
     return float(row.step)
 
 
+def count_text(x: float) -> str:
+    """4096 -> '4.1k', 2.6e6 -> '2.6M': token counts on tick labels."""
+    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= size:
+            return f"{x / size:.2g}{unit}"
+    return f"{x:g}"
+
+
 def x_label(opts: FiguresConfig) -> str:
     return "tokens seen" if opts.x_axis == "tokens" else "training step"
 

@@ -125,7 +125,8 @@ def _heatmap(fig, ax, rows: list[Row], opts: FiguresConfig, label: str) -> None:
         norm=LogNorm() if log else None,
     )
     stride = max(1, math.ceil(len(xs) / 8))
-    fmt = (lambda x: f"{x:.2g}") if opts.x_axis == "tokens" else (lambda x: str(int(x)))
+    fmt = fs.count_text if opts.x_axis == "tokens" else (lambda x: str(int(x)))
+    ax.grid(False)
     ax.set_xticks(range(0, len(xs), stride), [fmt(x) for x in xs[::stride]], fontsize=7)
     ystride = max(1, math.ceil(len(layers) / 6))  # every tick is an artist: few of them
     ax.set_yticks(range(0, len(layers), ystride), [str(x) for x in layers[::ystride]], fontsize=7)
