@@ -119,7 +119,7 @@ class FiguresConfig:
     dpi: int = 110
     x_axis: str = "step"  # step | tokens (tokens seen)
     step_scale: str = "auto"  # auto (symlog when checkpoints are log-spaced) | linear | symlog
-    normalize_previous: bool = False  # divide @previous metrics by the step gap (per step)
+    normalize_previous: bool = False  # divide @previous change metrics by the step gap
 
 
 @dataclass

@@ -70,6 +70,15 @@ def is_previous(row: Row) -> bool:
     return row.metric.endswith("@previous")
 
 
+SIMILARITIES = {"cka", "svcca", "pwcca", "gradient_cosine_similarity"}
+
+
+def per_step(row: Row) -> bool:
+    """Whether figures.normalize_previous divides this row by its step gap: @previous change
+    metrics (relative weight change, Procrustes distance), not similarities."""
+    return is_previous(row) and row.function not in SIMILARITIES
+
+
 def metric_name(row: Row) -> str:
     """Full name of the row's metric with its settings: 'linear CKA [debiased=False]'."""
     name = FULL_NAMES.get(row.function, row.function.replace("_", " "))

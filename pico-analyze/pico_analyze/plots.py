@@ -44,10 +44,11 @@ def _finite(rows: list[Row]) -> list[Row]:
 
 
 def per_step_rows(rows: list[Row]) -> list[Row]:
-    """@previous rows divided by the step gap to their reference (value per training step)."""
+    """@previous rows of change metrics (not similarities: a cosine or CKA per step means
+    nothing) divided by the step gap to their reference: change per training step."""
     out = []
     for r in rows:
-        if fs.is_previous(r) and r.reference_step is not None and not r.cross_run:
+        if fs.per_step(r) and r.reference_step is not None and not r.cross_run:
             gap = r.step - r.reference_step
             if gap > 0:
                 r = replace(r, value=r.value / gap)
@@ -79,7 +80,7 @@ def _series(rows: list[Row], key, opts: FiguresConfig) -> dict:
 
 def _y_label(rows: list[Row], opts: FiguresConfig) -> str:
     name = fs.metric_name(rows[0])
-    return name + (" per step" if opts.normalize_previous and fs.is_previous(rows[0]) else "")
+    return name + (" per step" if opts.normalize_previous and fs.per_step(rows[0]) else "")
 
 
 def _layer_name(layer: int) -> str:

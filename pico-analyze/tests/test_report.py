@@ -171,6 +171,22 @@ def test_previous_metrics_normalised_by_step_gap():
 
     row = Row("r", 8, None, "simple", "weights", "m", 0, None, "rwc@previous", "rwc", 4, None, 2.0)
     assert per_step_rows([row])[0].value == pytest.approx(0.5)
+    cos = Row(
+        "r",
+        8,
+        "eval",
+        "simple",
+        "gradients",
+        "m",
+        0,
+        None,
+        "gradient_cosine_similarity@previous",
+        "gradient_cosine_similarity",
+        4,
+        None,
+        0.9,
+    )
+    assert per_step_rows([cos])[0].value == pytest.approx(0.9)  # a similarity stays as it is
 
 
 def test_notebook_api(compared, scored_runs):
