@@ -73,9 +73,13 @@ def describe_memory(config: RunConfig, gpus: int, gpu_memory_gib: float | None) 
     if gpu_memory_gib is None:
         local = torch.cuda.is_available()
         gpu_memory_gib = torch.cuda.get_device_properties(0).total_memory / 2**30 if local else 80
-    t = config.training
+    training = config.training
     need = memory_per_gpu(
-        config.model, config.seq_len, t.micro_batch_size, gpus, t.activation_checkpointing
+        config.model,
+        config.seq_len,
+        training.micro_batch_size,
+        gpus,
+        training.activation_checkpointing,
     )
     pick = choose_parallelism(config, gpus, gpu_memory_gib * 2**30)
     reason = {
@@ -83,11 +87,11 @@ def describe_memory(config: RunConfig, gpus: int, gpu_memory_gib: float | None) 
         "ddp": f"DDP fits in {COMFORTABLE:.0%} of {gpu_memory_gib:g} GiB",
         "fsdp": f"DDP does not fit in {COMFORTABLE:.0%} of {gpu_memory_gib:g} GiB",
     }[pick]
-    if t.parallelism != "auto" and gpus > 1:
-        reason = f"training.parallelism={t.parallelism}"
+    if training.parallelism != "auto" and gpus > 1:
+        reason = f"training.parallelism={training.parallelism}"
     return "\n".join(
         [
-            f"  memory per GPU on {gpus} GPU(s), micro-batch {t.micro_batch_size} x "
+            f"  memory per GPU on {gpus} GPU(s), micro-batch {training.micro_batch_size} x "
             f"{config.seq_len}, AdamW, bf16 compute (estimate):",
             f"    DDP  {need['ddp'] / 2**30:7.1f} GiB",
             f"    FSDP {need['fsdp'] / 2**30:7.1f} GiB",

@@ -69,7 +69,7 @@ def compile_enabled(training: TrainingConfig, device: torch.device) -> bool:
 
 
 def memory_per_gpu(
-    m: ModelConfig, seq_len: int, micro_batch: int, n_gpus: int, activation_checkpointing: bool
+    shape: ModelConfig, seq_len: int, micro_batch: int, n_gpus: int, activation_checkpointing: bool
 ) -> dict[str, float]:
     """Estimated peak bytes per GPU for DDP and FSDP2 (bf16 compute, fp32 AdamW state).
 
@@ -82,19 +82,21 @@ def memory_per_gpu(
     (fp32) plus one block's worth. The loss adds about 1 GiB (loss.CHUNK_ELEMENTS fp32 block
     and its gradient). An estimate: measured peaks are in BENCHMARKS.md.
     """
-    counts = parameter_counts(m)
+    counts = parameter_counts(shape)
     n = counts["total"]
-    block = (counts["non_embedding"] - m.d_model) / m.n_layers
-    root = n - block * m.n_layers
-    kv = m.n_kv_heads * m.head_dim
-    per_token_layer = 2 * (3 * m.d_model + 2 * m.d_model + 2 * kv + m.d_model + 4 * m.mlp_hidden)
-    per_token_layer += 4 * 2 * m.d_model
+    block = (counts["non_embedding"] - shape.d_model) / shape.n_layers
+    root = n - block * shape.n_layers
+    kv = shape.n_kv_heads * shape.head_dim
+    per_token_layer = 2 * (
+        3 * shape.d_model + 2 * shape.d_model + 2 * kv + shape.d_model + 4 * shape.mlp_hidden
+    )
+    per_token_layer += 4 * 2 * shape.d_model
     tokens = micro_batch * seq_len
     if activation_checkpointing:
-        activations = tokens * (4 * m.d_model * m.n_layers + per_token_layer)
+        activations = tokens * (4 * shape.d_model * shape.n_layers + per_token_layer)
     else:
-        activations = tokens * per_token_layer * m.n_layers
-    loss = 2 * 4 * (1 << 26) + 4 * m.vocab_size * m.d_model
+        activations = tokens * per_token_layer * shape.n_layers
+    loss = 2 * 4 * (1 << 26) + 4 * shape.vocab_size * shape.d_model
     ddp = 16 * n + activations + loss
     fsdp = 16 * n / n_gpus + 6 * (root + 2 * block) + activations + loss
     return {"ddp": float(ddp), "fsdp": float(fsdp)}
@@ -106,15 +108,19 @@ def choose_parallelism(config: RunConfig, world_size: int, device_memory: float 
     auto: DDP while its estimate (memory_per_gpu) is under COMFORTABLE x device_memory, FSDP2
     above; CPU processes (device_memory None) use DDP.
     """
-    t = config.training
+    training = config.training
     if world_size == 1:
         return "single"
-    if t.parallelism != "auto":
-        return t.parallelism
+    if training.parallelism != "auto":
+        return training.parallelism
     if device_memory is None:
         return "ddp"
     need = memory_per_gpu(
-        config.model, config.seq_len, t.micro_batch_size, world_size, t.activation_checkpointing
+        config.model,
+        config.seq_len,
+        training.micro_batch_size,
+        world_size,
+        training.activation_checkpointing,
     )["ddp"]
     return "ddp" if need <= COMFORTABLE * device_memory else "fsdp"
 
@@ -161,10 +167,10 @@ def parallelize(model: PicoDecoder, config: RunConfig, dist: Dist, bf16: bool) -
     Call before building the optimizer: under FSDP2 the parameters become sharded DTensors.
     `bf16`: the run computes in bf16 (autocast); FSDP2 then gathers bf16 weights.
     """
-    t = config.training
+    training = config.training
     mode = choose_parallelism(config, dist.world_size, device_memory(dist.device))
-    compiled = compile_enabled(t, dist.device)
-    if t.activation_checkpointing:
+    compiled = compile_enabled(training, dist.device)
+    if training.activation_checkpointing:
         for block in model.model.layers:
             _checkpoint_block(block)
     if mode == "fsdp":

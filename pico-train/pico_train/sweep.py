@@ -93,10 +93,10 @@ def run_sweep(
     """Train every run of the plan in turn (each resumes if interrupted); return their results."""
     results = []
     for i, (name, config) in enumerate(plan.configs.items(), 1):
-        m = config.model
+        shape = config.model
         echo(
-            f"[{i}/{len(plan.configs)}] {name}: d_model {m.d_model}, {m.n_layers} layers -> "
-            f"{config.run_dir}"
+            f"[{i}/{len(plan.configs)}] {name}: d_model {shape.d_model}, {shape.n_layers} "
+            f"layers -> {config.run_dir}"
         )
         results.append(train(config, force=force, device=device))
     return results

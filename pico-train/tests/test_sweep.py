@@ -2,12 +2,13 @@
 
 import pytest
 from click.testing import CliRunner
-from test_train import TINY
 
 from pico_format import CaptureReader, RunPaths, list_checkpoints, read_run_info
 from pico_train.cli import main
 from pico_train.config import PRESETS, ConfigError
 from pico_train.sweep import compare_command, parse_presets, plan_sweep
+
+from tiny_runs import TINY
 
 # TINY's data and schedule, without its model section: each preset brings its own shape.
 DATA = [o for o in TINY if not o.startswith(("model.", "preset="))] + [
