@@ -86,11 +86,12 @@ def main() -> None:
     )
     rate = statistics.median(rates) if rates else float("nan")
     name = Path(a.config).name if a.config else "default config"
-    t = config.training
+    training = config.training
     print(
-        f"{name} ({config.preset}) on {world} x {device}: {t.max_steps} steps x "
-        f"{t.global_batch_size} x {config.seq_len} tokens (micro-batch {t.micro_batch_size}, "
-        f"compile {t.compile}, parallelism {t.parallelism})"
+        f"{name} ({config.preset}) on {world} x {device}: {training.max_steps} steps x "
+        f"{training.global_batch_size} x {config.seq_len} tokens (micro-batch "
+        f"{training.micro_batch_size}, compile {training.compile}, parallelism "
+        f"{training.parallelism})"
     )
     print(f"  wall time (incl. data, eval, capture, checkpoints): {wall:.1f} s")
     print(f"  steady training throughput: {rate:,.0f} tokens/s")

@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str]) -> None:
+    from pico_format import RunPaths, list_checkpoints
     from pico_train.config import load_config
     from pico_train.train import train
 
@@ -31,11 +32,14 @@ def main(argv: list[str]) -> None:
     took = time.perf_counter() - began
     print()
     if result.first_loss is not None:
-        print(f"trained {config.training.max_steps} steps in {took:.0f} s")
+        print(f"trained {result.steps - result.start_step} steps in {took:.0f} s")
         print(f"first training loss  {result.first_loss:.3f}")
         print(f"last training loss   {result.last_loss:.3f}")
         print(f"held-out perplexity  {result.eval['eval_perplexity']:.2f}")
-    print(f"run directory        {result.run_dir}  (checkpoints at steps {result.checkpoints})")
+    else:
+        print(f"already trained: {result.run_dir} reached step {result.steps}")
+    steps = list_checkpoints(RunPaths(result.run_dir))
+    print(f"run directory        {result.run_dir}  (checkpoints at steps {steps})")
 
     from pico_analyze import analyze_run
 

@@ -19,8 +19,6 @@ import logging
 import time
 from pathlib import Path
 
-import yaml
-
 from pico_analyze import plots as plotting
 from pico_analyze import report, report_document, scores
 from pico_analyze.config import AnalysisConfig, config_to_dict, figures_from, load_config
@@ -33,6 +31,7 @@ from pico_analyze.sources import HubRun, open_source
 from pico_analyze.table import Row, write_table
 from pico_format import RunPaths
 from pico_format.layout import ANALYSIS
+from pico_format.yaml_file import dump_yaml
 
 log = logging.getLogger("pico_analyze")
 COMPARE_DIR = "analysis-compare"  # compare_runs' default output folder, under the first run
@@ -99,7 +98,7 @@ def _finish(
         draw = plotting.plot_compare if cross else plotting.plot_run
         plots = draw(rows, out_dir, cfg.figures, logs, pairs)
     config = config_to_dict(cfg)
-    (out_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (out_dir / "config.yaml").write_text(dump_yaml(config))
     result = AnalysisResult(
         out_dir=out_dir,
         table_path=tables[0],

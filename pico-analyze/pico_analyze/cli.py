@@ -20,9 +20,11 @@ import sys
 
 import click
 
+from pico_analyze import __version__
 from pico_analyze.config import ConfigError
 from pico_analyze.load import SourceError
 from pico_format import RunFormatError
+from pico_format.command_line import OneLineErrors
 
 _COMMON = [
     click.option(
@@ -101,7 +103,8 @@ def _finish(result) -> None:
         )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="pico-analyze")
 @click.option("-v", "--verbose", is_flag=True, help="Log progress details.")
 def main(verbose: bool) -> None:
     """Learning-dynamics analysis of Pico runs (and original pico-train runs)."""

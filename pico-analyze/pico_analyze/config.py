@@ -33,13 +33,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from pico_analyze.components import ComponentSpec
 from pico_analyze.defaults import Default, default_compare_plan, default_plan
 from pico_analyze.metrics import get_metric, list_metrics
 from pico_analyze.metrics.registry import UnknownMetricError
 from pico_analyze.sources.original import SUFFIXES as ORIGINAL_SUFFIXES
+from pico_format.yaml_file import YAMLFileError, read_yaml
 
 SPLIT_ALIASES = {"val": "eval", "validation": "eval"}
 TARGETS = ("last", "first", "previous")
@@ -119,7 +119,7 @@ class FiguresConfig:
     dpi: int = 110
     x_axis: str = "step"  # step | tokens (tokens seen)
     step_scale: str = "auto"  # auto (symlog when checkpoints are log-spaced) | linear | symlog
-    normalize_previous: bool = False  # divide @previous metrics by the step gap (per step)
+    normalize_previous: bool = False  # divide @previous change metrics by the step gap
 
 
 @dataclass
@@ -462,6 +462,14 @@ def config_from_dict(
     return cfg
 
 
+def _read_yaml(path: Path) -> Any:
+    """Parse a YAML file; a syntax or encoding error is one line naming the file and line."""
+    try:
+        return read_yaml(path)
+    except YAMLFileError as err:
+        raise ConfigError(str(err)) from None
+
+
 def load_config(
     source: str | Path | dict | AnalysisConfig | None,
     captured: list[str] | None = None,
@@ -486,10 +494,7 @@ def load_config(
         path = Path(source)
         if not path.is_file():
             raise ConfigError(f"Config file '{path}' does not exist.")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        raw = _read_yaml(path) or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping of keys, got {raw!r}.")
         where = f"{path}: "

@@ -70,6 +70,15 @@ def is_previous(row: Row) -> bool:
     return row.metric.endswith("@previous")
 
 
+SIMILARITIES = {"cka", "svcca", "pwcca", "gradient_cosine_similarity"}
+
+
+def per_step(row: Row) -> bool:
+    """Whether figures.normalize_previous divides this row by its step gap: @previous change
+    metrics (relative weight change, Procrustes distance), not similarities."""
+    return is_previous(row) and row.function not in SIMILARITIES
+
+
 def metric_name(row: Row) -> str:
     """Full name of the row's metric with its settings: 'linear CKA [debiased=False]'."""
     name = FULL_NAMES.get(row.function, row.function.replace("_", " "))
@@ -118,6 +127,14 @@ def x_of(row: Row, opts: FiguresConfig) -> float:
     if opts.x_axis == "tokens" and row.tokens_seen is not None:
         return float(row.tokens_seen)
     return float(row.step)
+
+
+def count_text(x: float) -> str:
+    """4096 -> '4.1k', 2.6e6 -> '2.6M': token counts on tick labels."""
+    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= size:
+            return f"{x / size:.2g}{unit}"
+    return f"{x:g}"
 
 
 def x_label(opts: FiguresConfig) -> str:

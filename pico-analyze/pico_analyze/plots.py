@@ -44,10 +44,11 @@ def _finite(rows: list[Row]) -> list[Row]:
 
 
 def per_step_rows(rows: list[Row]) -> list[Row]:
-    """@previous rows divided by the step gap to their reference (value per training step)."""
+    """@previous rows of change metrics (not similarities: a cosine or CKA per step means
+    nothing) divided by the step gap to their reference: change per training step."""
     out = []
     for r in rows:
-        if fs.is_previous(r) and r.reference_step is not None and not r.cross_run:
+        if fs.per_step(r) and r.reference_step is not None and not r.cross_run:
             gap = r.step - r.reference_step
             if gap > 0:
                 r = replace(r, value=r.value / gap)
@@ -79,7 +80,7 @@ def _series(rows: list[Row], key, opts: FiguresConfig) -> dict:
 
 def _y_label(rows: list[Row], opts: FiguresConfig) -> str:
     name = fs.metric_name(rows[0])
-    return name + (" per step" if opts.normalize_previous and fs.is_previous(rows[0]) else "")
+    return name + (" per step" if opts.normalize_previous and fs.per_step(rows[0]) else "")
 
 
 def _layer_name(layer: int) -> str:
@@ -125,7 +126,8 @@ def _heatmap(fig, ax, rows: list[Row], opts: FiguresConfig, label: str) -> None:
         norm=LogNorm() if log else None,
     )
     stride = max(1, math.ceil(len(xs) / 8))
-    fmt = (lambda x: f"{x:.2g}") if opts.x_axis == "tokens" else (lambda x: str(int(x)))
+    fmt = fs.count_text if opts.x_axis == "tokens" else (lambda x: str(int(x)))
+    ax.grid(False)
     ax.set_xticks(range(0, len(xs), stride), [fmt(x) for x in xs[::stride]], fontsize=7)
     ystride = max(1, math.ceil(len(layers) / 6))  # every tick is an artist: few of them
     ax.set_yticks(range(0, len(layers), ystride), [str(x) for x in layers[::ystride]], fontsize=7)

@@ -473,7 +473,10 @@ def run_analysis(
     )
     n = workers if workers is not None else cfg.workers
     show = cfg.progress if progress is None else progress
-    with tqdm(total=len(steps), desc="checkpoints", unit="ckpt", disable=not show) as bar:
+    # disable=None: tqdm shows the bar on a terminal only (no carriage returns in a log file)
+    with tqdm(
+        total=len(steps), desc="checkpoints", unit="ckpt", disable=None if show else True
+    ) as bar:
         results = _execute(job, n, bar)
     total = ChunkResult()
     for res in results:

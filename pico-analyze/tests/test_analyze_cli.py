@@ -75,3 +75,12 @@ def test_compare_command(pico_run, original_run, tmp_path):
     assert "2 runs (tiny, demo-1)" in result.output
     assert "cka@tiny" in result.output  # cross-run similarity on the shared eval batch
     assert (out / "results.parquet").is_file()
+
+
+def test_metric_descriptions_are_whole_sentences():
+    from pico_analyze.metrics import get_metric, list_metrics
+
+    for name in list_metrics():
+        text = get_metric(name).description
+        assert text.endswith((".", ")", ".)")), (name, text)
+        assert text.count('"') % 2 == 0, (name, text)

@@ -38,7 +38,7 @@ def one_line_error(result, exit_code: int) -> str:
         and result.exception is None
         or isinstance(result.exception, SystemExit)
     )
-    lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    lines = [line for line in result.output.splitlines() if line.lower().startswith("error:")]
     assert len(lines) == 1, result.output
     return lines[0]
 

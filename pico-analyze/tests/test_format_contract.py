@@ -94,7 +94,9 @@ def expected_files(run: RunPaths, step: int, tokenizer_files: set[str]) -> set[P
     if step == latest_step(run):  # keep_states=1: only the newest checkpoint keeps its state
         files |= {ckpt.optimizer, ckpt.rng, ckpt.trainer}
     for split in CAPTURE_SPLITS:
-        files |= {ckpt.capture_file(split, kind) for kind in CAPTURE_KINDS}
+        # The captured weights are read from model.safetensors (CaptureManifest.weights_in_model)
+        kinds = [kind for kind in CAPTURE_KINDS if kind != "weights"]
+        files |= {ckpt.capture_file(split, kind) for kind in kinds}
         files |= {ckpt.capture_manifest(split), ckpt.capture_text(split)}
     return files | {ckpt.manifest}
 

@@ -171,6 +171,22 @@ def test_previous_metrics_normalised_by_step_gap():
 
     row = Row("r", 8, None, "simple", "weights", "m", 0, None, "rwc@previous", "rwc", 4, None, 2.0)
     assert per_step_rows([row])[0].value == pytest.approx(0.5)
+    cos = Row(
+        "r",
+        8,
+        "eval",
+        "simple",
+        "gradients",
+        "m",
+        0,
+        None,
+        "gradient_cosine_similarity@previous",
+        "gradient_cosine_similarity",
+        4,
+        None,
+        0.9,
+    )
+    assert per_step_rows([cos])[0].value == pytest.approx(0.9)  # a similarity stays as it is
 
 
 def test_notebook_api(compared, scored_runs):
@@ -215,3 +231,47 @@ def test_readme_notebook_example_runs(scored_runs, tmp_path, monkeypatch):
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)
     assert namespace["df"] is not None
+
+
+def test_tokens_on_the_x_axis_and_compare_default_folder(compared, scored_runs, tmp_path):
+    from pico_analyze import compare_runs
+    from pico_analyze import figure_style as fs
+    from pico_analyze.config import FiguresConfig
+    from pico_analyze.plots import plot_run
+
+    assert fs.count_text(4096) == "4.1k" and fs.count_text(2.6e6) == "2.6M"
+    rows = [r for r in compared.rows if r.run == "narrow"]
+    files = plot_run(rows, tmp_path / "tok", FiguresConfig(x_axis="tokens", dpi=40))
+    assert files and all(f.suffix == ".png" and f.stat().st_size > 0 for f in files)
+    # compare's default output folder is under the first run, not the working directory.
+    a, b = (shutil.copytree(r, tmp_path / r.name) for r in scored_runs)
+    cfg = {
+        "plots": False,
+        "report": False,
+        "progress": False,
+        "layer_similarity": {"enabled": False},
+    }
+    result = compare_runs([a, b], {**cfg, "metrics": [], "compare": {"metrics": []}})
+    assert result.out_dir == a / "analysis-compare" and result.table_path.is_file()
+
+
+def test_cli_figure_options(pico_run, tmp_path):
+    from click.testing import CliRunner
+
+    from pico_analyze.cli import main
+
+    cfg = tmp_path / "a.yaml"
+    cfg.write_text(
+        "layers: [0]\nlayer_similarity: {enabled: false}\nmetrics:\n  - metric: hoyer\n"
+        "    components: [{type: simple, kind: weights, module: mlp.down_proj}]\n"
+    )
+    args = ["run", str(pico_run), "--config", str(cfg), "--no-progress", "--workers", "1"]
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        main, [*args, "--out", str(out), "--format", "png,svg", "--dpi", "50"]
+    )
+    assert result.exit_code == 0, result.output
+    assert {p.name for p in (out / "plots").iterdir()} == {"hoyer.png", "hoyer.svg"}
+    bad = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "bad"), "--format", "jpg"])
+    assert bad.exit_code != 0 and "figures.formats: 'jpg' is not one of png, pdf, svg" in bad.output
+    assert len(bad.output.strip().splitlines()) == 1

@@ -79,3 +79,30 @@ def test_primed_values_are_used():
         svd.prime(m, low_rank_singular_values(a, b))
         assert effective_rank(m) == pytest.approx(effective_rank(a @ b), rel=1e-10)
         assert sv.singular_values(m)[4:].eq(0).all()
+
+
+def test_per_tensor_results_are_reused_only_for_the_same_unchanged_tensor():
+    import gc
+
+    from pico_analyze.metrics import cka, pwcca
+
+    ref, cur = rand(60, 5, seed=6), rand(60, 5, seed=7)
+    plain = [cka(ref, cur), pwcca(ref, cur), cka(ref, cur, debiased=False)]
+    shared = SharedSingularValues()
+    with shared:
+        for _ in range(2):  # the second round reuses the reference's centred basis and Gram
+            assert [cka(ref, cur), pwcca(ref, cur), cka(ref, cur, debiased=False)] == plain
+        remembered = len(shared.derived)
+        ref.mul_(-2.0).add_(1.0)  # in place: a new version, so recomputed (CKA is invariant)
+        again = [cka(ref, cur), pwcca(ref, cur), cka(ref, cur, debiased=False)]
+        assert again == pytest.approx(plain, abs=1e-12)
+        mine = [v for k, v in shared.derived.items() if k[0] == id(ref)]
+        assert len(shared.derived) == remembered and mine  # replaced, not added
+        assert all(version == ref._version for _, version, _ in mine)
+        shared.clear()  # as the runner does after each matrix (the finiteness memo holds cur)
+        del cur
+        gc.collect()  # entries of a freed tensor are dropped with it
+        assert shared.derived and all(
+            ref_ is not None and ref_() is ref for ref_, *_ in (shared.derived.values())
+        )
+    assert not shared.derived

@@ -6,7 +6,8 @@ step trained on (batch 0 at step 0), seen by the weights after that step; `eval`
 held-out batch, the same at every step and in every run that shares data settings.
 Writes, on rank 0, one folder per split through pico_format (`write_capture` /
 `StreamingSafetensorsWriter`): activations (module outputs, reduced over positions by the
-policy), weights (fp32) and gradients dLoss/dW (fp32, mean over every captured token).
+policy) and gradients dLoss/dW (fp32, mean over every captured token); the manifest lists the
+weights, which readers take from the checkpoint's model.safetensors rather than a second copy.
 
 The capture leaves training untouched: gradients come from `torch.autograd.grad` on a separate
 forward/backward (the parameters' .grad buffers are never written), no global RNG is drawn
@@ -188,7 +189,8 @@ def capture_split(model, modules, rows, cfg, dist, autocast, idx, with_activatio
             )
             activations[name] = _gather_uneven(local, dist)
     gradients = {n: (dist.sum(g) / total_tokens).float() for n, g in zip(with_weight, grads or [])}
-    weights = {n: w.detach().float().clone() for n, w in with_weight.items()}
+    # The weights themselves are in the checkpoint's model.safetensors: only their layout here.
+    weights = {n: TensorInfo(list(w.shape), "float32") for n, w in with_weight.items()}
     return activations, weights, gradients, loss
 
 
@@ -290,10 +292,10 @@ def capture_learning_dynamics(
         if ckpt is None:
             continue
         texts = [tokenizer.decode(ids) for ids in manifest.token_ids] if tokenizer else None
-        tensors = {"weights": weights, "gradients": gradients}
+        tensors = {"gradients": gradients}
         if activations is not None:
             tensors["activations"] = activations
-        write_capture(ckpt, manifest, tensors, texts)
+        write_capture(ckpt, manifest, tensors, texts, weights_in_model=weights)
         if info is not None:  # streamed file already on disk: add its entry to the manifest
             manifest.tensors["activations"] = info
             write_json_atomic(ckpt.capture_manifest(split), manifest.to_json())

@@ -22,7 +22,17 @@ from pico_format import (
     list_checkpoints,
     read_json,
 )
-from pico_train.config import PRESETS, ConfigError, ModelConfig, RunConfig, load_config
+from pico_format.command_line import OneLineErrors
+from pico_format.yaml_file import dump_yaml
+from pico_train import __version__
+from pico_train.config import (
+    PRESETS,
+    ConfigError,
+    ModelConfig,
+    RunConfig,
+    load_config,
+    parse_override,
+)
 from pico_train.model import parameter_counts, training_flops_per_token
 
 
@@ -63,9 +73,13 @@ def describe_memory(config: RunConfig, gpus: int, gpu_memory_gib: float | None) 
     if gpu_memory_gib is None:
         local = torch.cuda.is_available()
         gpu_memory_gib = torch.cuda.get_device_properties(0).total_memory / 2**30 if local else 80
-    t = config.training
+    training = config.training
     need = memory_per_gpu(
-        config.model, config.seq_len, t.micro_batch_size, gpus, t.activation_checkpointing
+        config.model,
+        config.seq_len,
+        training.micro_batch_size,
+        gpus,
+        training.activation_checkpointing,
     )
     pick = choose_parallelism(config, gpus, gpu_memory_gib * 2**30)
     reason = {
@@ -73,11 +87,11 @@ def describe_memory(config: RunConfig, gpus: int, gpu_memory_gib: float | None) 
         "ddp": f"DDP fits in {COMFORTABLE:.0%} of {gpu_memory_gib:g} GiB",
         "fsdp": f"DDP does not fit in {COMFORTABLE:.0%} of {gpu_memory_gib:g} GiB",
     }[pick]
-    if t.parallelism != "auto" and gpus > 1:
-        reason = f"training.parallelism={t.parallelism}"
+    if training.parallelism != "auto" and gpus > 1:
+        reason = f"training.parallelism={training.parallelism}"
     return "\n".join(
         [
-            f"  memory per GPU on {gpus} GPU(s), micro-batch {t.micro_batch_size} x "
+            f"  memory per GPU on {gpus} GPU(s), micro-batch {training.micro_batch_size} x "
             f"{config.seq_len}, AdamW, bf16 compute (estimate):",
             f"    DDP  {need['ddp'] / 2**30:7.1f} GiB",
             f"    FSDP {need['fsdp'] / 2**30:7.1f} GiB",
@@ -116,9 +130,20 @@ def describe_run(run: RunPaths) -> str:
     return "\n".join(lines)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="pico-train")
 def main() -> None:
     """Train pico-decoder language models with learning-dynamics checkpoints."""
+
+
+def _run_paths(run_dir: Path) -> RunPaths:
+    """An existing run directory, or a one-line error saying what the path is instead."""
+    if not run_dir.exists():
+        raise RunFormatError(f"no such run directory: '{run_dir}'.")
+    run = RunPaths(run_dir)
+    if not run_dir.is_dir() or not run.info.is_file():
+        raise RunFormatError(f"'{run_dir}' is not a pico run directory (no {run.info.name}).")
+    return run
 
 
 @main.command()
@@ -136,8 +161,15 @@ def main() -> None:
 def info(run_dir, preset, config_path, overrides, all_presets, gpus, gpu_memory_gib) -> None:
     """Describe a preset/config (shape, parameters, FLOPs/token) or a run directory."""
     try:
+        for text in overrides:
+            parse_override(text)  # `--set key value` (a space for '=') fails here, by name
         if run_dir is not None:
-            click.echo(describe_run(RunPaths(run_dir)))
+            if preset or config_path or overrides or all_presets:
+                raise ConfigError(
+                    f"give either a run directory ('{run_dir}') or --preset/--config/--set, "
+                    f"not both."
+                )
+            click.echo(describe_run(_run_paths(run_dir)))
             return
         if all_presets:
             for name, shape in PRESETS.items():
@@ -151,6 +183,19 @@ def info(run_dir, preset, config_path, overrides, all_presets, gpus, gpu_memory_
             click.echo(describe_memory(config, gpus, gpu_memory_gib))
     except (ConfigError, RunFormatError) as err:
         _fail(str(err))
+
+
+@main.command("config")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="A YAML config.")
+@click.option("--preset", type=click.Choice(sorted(PRESETS)), help="A model preset.")
+@click.option("--set", "overrides", multiple=True, help="Override: section.key=value.")
+def show_config(config_path, preset, overrides) -> None:
+    """Print the full resolved config (every default filled in) as YAML."""
+    try:
+        config = load_config(config_path, overrides, preset=preset)
+    except ConfigError as err:
+        _fail(str(err))
+    click.echo(dump_yaml(config.to_dict()), nl=False)
 
 
 @main.command()
@@ -167,15 +212,27 @@ def train(config_path, preset, overrides, force, device) -> None:
 
     try:
         config = load_config(config_path, overrides, preset=preset)
+        if device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ConfigError(
+                    "--device cuda: CUDA is not available on this machine (torch "
+                    f"{torch.__version__}); use --device cpu or --device auto."
+                )
         result = run_training(config, force=force, device=None if device == "auto" else device)
     except (ConfigError, RunFormatError, DataError, TrainingError) as err:
         _fail(str(err))
+    except OSError as err:  # e.g. a run_dir that cannot be created
+        _fail(f"{err.filename or ''}: {err.strerror or err}".lstrip(": "))
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun, rank 0 reports
-    if result.first_loss is not None:
+    ran = result.steps - result.start_step
+    if ran > 0:
         ppl = result.eval.get("eval_perplexity")
+        begun = f" (steps {result.start_step} -> {result.steps})" if result.start_step else ""
         click.echo(
-            f"done: {result.steps} steps in {result.seconds:.1f}s; training loss "
+            f"done: {ran} steps{begun} in {result.seconds:.1f}s; training loss "
             f"{result.first_loss:.4f} -> {result.last_loss:.4f}"
             + (f"; held-out perplexity {ppl:.2f}" if ppl is not None else "")
             + f"; run directory {result.run_dir}"

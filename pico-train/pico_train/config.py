@@ -18,9 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from pico_format import CAPTURE_SPLITS, DEFAULT_CAPTURE_SUFFIXES, POSITION_POLICIES, module_name
+from pico_format import (
+    CAPTURE_SPLITS,
+    DEFAULT_CAPTURE_SUFFIXES,
+    POSITION_POLICIES,
+    module_name,
+    yaml_file,
+)
+from pico_format.yaml_file import YAMLFileError
 
 
 class ConfigError(ValueError):
@@ -29,41 +34,18 @@ class ConfigError(ValueError):
 
 def read_yaml(path: str | Path) -> Any:
     """Parse a YAML file; a syntax or encoding error names the file and line (ConfigError)."""
-    path = Path(path)
     try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = path.read_bytes()[: err.start].count(b"\n") + 1
-        raise ConfigError(
-            f"{path}, line {line}: not UTF-8 text (byte 0x{err.object[err.start]:02x}); save "
-            f"the file as UTF-8."
-        ) from None
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read: {err.strerror or err}.") from None
-    return parse_yaml(text, str(path))
+        return yaml_file.read_yaml(path)
+    except YAMLFileError as err:
+        raise ConfigError(str(err)) from None
 
 
 def parse_yaml(text: str, source: str) -> Any:
-    """Parse YAML text; errors become one line: `SOURCE, line N: problem`."""
+    """Parse YAML text; errors become one line: `SOURCE, line N: problem` (ConfigError)."""
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
-        where = f", line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        context = getattr(err, "context", None)
-        detail = f"{context}: {problem}" if context else problem
-        raise ConfigError(f"{source}{where}: invalid YAML ({detail}).") from None
-
-
-def dump_yaml(data: Any) -> str:
-    """YAML text of plain data, keys in order and no `&id001` anchors for repeated values."""
-
-    class _NoAliases(yaml.SafeDumper):
-        def ignore_aliases(self, data: Any) -> bool:
-            return True
-
-    return yaml.dump(data, Dumper=_NoAliases, sort_keys=False)
+        return yaml_file.parse_yaml(text, source)
+    except YAMLFileError as err:
+        raise ConfigError(str(err)) from None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -254,9 +254,32 @@ def _data_files(path: Path) -> list[str]:
     return files
 
 
+def _check_not_empty(files: list[str], builder: str) -> None:
+    """Name an empty file (or a dataset of zero rows) before `datasets` fails obscurely."""
+    for name in files:
+        if Path(name).stat().st_size == 0:
+            raise DataError(f"data.dataset file '{name}' is empty (0 bytes).")
+    if builder == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            rows = sum(pq.read_metadata(name).num_rows for name in files)
+        except Exception as err:
+            raise DataError(
+                f"Could not read parquet metadata: {type(err).__name__}: {err}"
+            ) from err
+        if rows == 0:
+            where = f"'{files[0]}'" if len(files) == 1 else f"{len(files)} parquet files"
+            raise DataError(f"data.dataset {where} holds no rows.")
+
+
 def _load_local(corpus: Corpus, builder: str) -> Any:
     import datasets
 
+    _check_not_empty(corpus.files, builder)
+    # Converting local files takes seconds: no "Generating train split" bars in the output.
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
     try:
         # data_files make a single "train" split (data.split names Hub splits only). Map mode
         # converts the files to arrow under pico's cache, not the Hub download cache.
@@ -272,10 +295,43 @@ def _load_local(corpus: Corpus, builder: str) -> Any:
             f"Could not read data.dataset '{corpus.label}' as {builder} files: "
             f"{type(err).__name__}: {err}"
         ) from err
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
+
+
+HUB_TIMEOUT_S = 5.0
+
+
+def require_hub(what: str) -> None:
+    """Fail at once, in one line, when the Hugging Face Hub cannot be reached (the Hub clients
+    would retry for most of a minute first). In offline mode (HF_HUB_OFFLINE=1) the clients
+    themselves use only the local cache and fail at once, so nothing is checked."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE"):
+        return
+    url = urlparse(constants.ENDPOINT)
+    host = url.hostname or "huggingface.co"
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=HUB_TIMEOUT_S).close()
+    except OSError as err:
+        raise DataError(
+            f"{what} needs the Hugging Face Hub, which cannot be reached ({host}: "
+            f"{err.strerror or err}). Offline, give local files by path (data.dataset: parquet/"
+            f"json/arrow files; data.tokenizer: a tokenizer.json or folder), or set "
+            f"HF_HUB_OFFLINE=1 to use what the Hugging Face cache already holds."
+        ) from None
 
 
 def _load_hub(corpus: Corpus) -> Any:
     import datasets
+
+    require_hub(f"data.dataset '{corpus.hub['hub']}'")
 
     hub = corpus.hub
     try:

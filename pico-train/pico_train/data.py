@@ -79,6 +79,12 @@ def _generator(seed: int, *stream: int) -> np.random.Generator:
 class _MapWindows:
     def __init__(self, ids: np.ndarray, width: int, seed: int, n_eval: int, label: str):
         n = len(ids) // width
+        if n < 2:
+            raise DataError(
+                f"'{label}' holds {len(ids)} tokens, too few for even two sequences of {width} "
+                f"tokens (one held out, one to train on): use more data, or lower data.seq_len "
+                f"(below {max(1, len(ids) // 2 - 1)})."
+            )
         if n <= n_eval:
             raise DataError(
                 f"'{label}' gives {n} sequences of {width} tokens ({len(ids)} tokens), but "

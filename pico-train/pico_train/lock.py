@@ -34,6 +34,8 @@ class RunLock:
         self._created_root = False
 
     def acquire(self) -> RunLock:
+        if self.root.exists() and not self.root.is_dir():
+            raise NotADirectoryError(f"run_dir '{self.root}' is a file, not a folder.")
         if not self.root.exists():
             self.root.mkdir(parents=True)
             self._created_root = True

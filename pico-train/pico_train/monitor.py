@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -58,13 +59,18 @@ class Monitor:
         self._file = None
         self._tb = None
         self._wandb = None
+        self._plain_every = 0
         if not enabled:
             return
         self._file = open(run.log, "a")
-        if config.logging.progress:
+        # A bar on a terminal; elsewhere (a log file, a pipe) a plain line every ~5% of the run,
+        # so the output holds no carriage-return litter.
+        if config.logging.progress and sys.stderr.isatty():
             self.bar = tqdm(
                 total=self.total, initial=start_step, desc="train", unit="step", dynamic_ncols=True
             )
+        elif config.logging.progress:
+            self._plain_every = max(1, self.total // 20)
         if config.logging.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -102,6 +108,12 @@ class Monitor:
             self._wandb.log(numbers, step=step)
 
     def progress(self, step: int, loss: float, lr: float, tokens_per_s: float) -> None:
+        if self._plain_every and (step % self._plain_every == 0 or step == self.total):
+            print(
+                f"train: step {step}/{self.total}, loss {loss:.4f}, lr {lr:.2e}, "
+                f"{tokens_per_s:,.0f} tokens/s",
+                flush=True,
+            )
         if self.bar is not None:
             self.bar.update(step - self.bar.n)
             self.bar.set_postfix(

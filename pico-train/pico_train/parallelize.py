@@ -69,7 +69,7 @@ def compile_enabled(training: TrainingConfig, device: torch.device) -> bool:
 
 
 def memory_per_gpu(
-    model: ModelConfig, seq_len: int, micro_batch: int, n_gpus: int, activation_checkpointing: bool
+    shape: ModelConfig, seq_len: int, micro_batch: int, n_gpus: int, activation_checkpointing: bool
 ) -> dict[str, float]:
     """Estimated peak bytes per GPU for DDP and FSDP2 (bf16 compute, fp32 AdamW state).
 
@@ -82,19 +82,21 @@ def memory_per_gpu(
     (fp32) plus one block's worth. The loss adds about 1 GiB (loss.CHUNK_ELEMENTS fp32 block
     and its gradient). An estimate: measured peaks are in BENCHMARKS.md.
     """
-    counts = parameter_counts(model)
+    counts = parameter_counts(shape)
     n = counts["total"]
-    block = (counts["non_embedding"] - model.d_model) / model.n_layers
-    root = n - block * model.n_layers
-    kv = model.n_kv_heads * model.head_dim
-    d, hidden = model.d_model, model.mlp_hidden
-    per_token_layer = 2 * (3 * d + (d + 2 * kv + d) + d + 4 * hidden) + 4 * 2 * d
+    block = (counts["non_embedding"] - shape.d_model) / shape.n_layers
+    root = n - block * shape.n_layers
+    kv = shape.n_kv_heads * shape.head_dim
+    per_token_layer = 2 * (
+        3 * shape.d_model + 2 * shape.d_model + 2 * kv + shape.d_model + 4 * shape.mlp_hidden
+    )
+    per_token_layer += 4 * 2 * shape.d_model
     tokens = micro_batch * seq_len
     if activation_checkpointing:
-        activations = tokens * (4 * model.d_model * model.n_layers + per_token_layer)
+        activations = tokens * (4 * shape.d_model * shape.n_layers + per_token_layer)
     else:
-        activations = tokens * per_token_layer * model.n_layers
-    loss = 2 * 4 * (1 << 26) + 4 * model.vocab_size * model.d_model
+        activations = tokens * per_token_layer * shape.n_layers
+    loss = 2 * 4 * (1 << 26) + 4 * shape.vocab_size * shape.d_model
     ddp = 16 * n + activations + loss
     fsdp = 16 * n / n_gpus + 6 * (root + 2 * block) + activations + loss
     return {"ddp": float(ddp), "fsdp": float(fsdp)}

@@ -28,9 +28,10 @@ from pico_format import (
     write_text_atomic,
 )
 from pico_format.layout import TMP_PREFIX
+from pico_format.yaml_file import dump_yaml
 from pico_train import __version__
 from pico_train.checkpoint import model_fingerprint
-from pico_train.config import ConfigError, RunConfig, dump_yaml, read_yaml
+from pico_train.config import ConfigError, RunConfig, read_yaml
 
 
 class RunMismatchError(RuntimeError):
@@ -144,16 +145,16 @@ def check_run(
             problems.append("model shape fingerprint differs")
         if info.model_fingerprint != fingerprint and run.latest.is_file():
             raise RunMismatchError(
-                f"'{run.root}' holds checkpoints of a different model:\n  "
-                + "\n  ".join(problems or ["model fingerprint differs"])
-                + "\n--force can resume with changed data, never with a changed model: use "
+                f"'{run.root}' holds checkpoints of a different model ("
+                + "; ".join(problems or ["model fingerprint differs"])
+                + "); --force can resume with changed data, never with a changed model: use "
                 "another run_dir."
             )
         if problems and not force:
             raise RunMismatchError(
-                f"'{run.root}' holds a run with a different model or data:\n  "
-                + "\n  ".join(problems)
-                + "\nUse another run_dir, or pass --force to resume anyway."
+                f"'{run.root}' holds a run with a different model or data ("
+                + "; ".join(problems)
+                + "); use another run_dir, or pass --force to resume anyway."
             )
         step, skipped = _resume_candidate(run)
         return RunPlan(step, problems, skipped, new_run=False)

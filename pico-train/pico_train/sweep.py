@@ -1,7 +1,8 @@
 """A scale sweep: one config trained at several model presets into sibling run directories.
 
 Reads a YAML config (+ dot-path overrides) and a list of preset names; writes one run directory
-per preset, ``RUN_DIR/<preset>`` where RUN_DIR is the config's ``run_dir``. Only the model shape
+per preset, ``RUN_DIR/<preset>`` where RUN_DIR is the config's ``run_dir`` (``runs/sweep``
+without a config file). Only the model shape
 changes between the runs: the data section, the schedule and the checkpoint steps are the
 config's, so every run sees the same batches in the same order (one global order, whatever the
 model size) and is checkpointed at the same steps, which is what a cross-scale comparison needs.
@@ -27,6 +28,8 @@ from pico_train.config import (
     load_config,
 )
 from pico_train.train import TrainResult, train
+
+DEFAULT_ROOT = "runs/sweep"
 
 
 @dataclass
@@ -64,7 +67,9 @@ def plan_sweep(
     """Build and validate every run's config before any training."""
     names = parse_presets(presets)
     base = load_config(config_path, overrides)
-    root = Path(base.run_dir)
+    # Without a config file or a run_dir override, the sweep goes to runs/sweep.
+    named = config_path is not None or any(o.startswith("run_dir=") for o in overrides)
+    root = Path(base.run_dir if named else DEFAULT_ROOT)
     configs = {
         n: load_config(config_path, [*overrides, f"run_dir={root / n}"], preset=n) for n in names
     }
@@ -75,11 +80,6 @@ def plan_sweep(
             raise ConfigError(f"preset {name}: the data settings differ from the other runs'.")
         if checkpoint_steps(c) != checkpoint_steps(first):
             raise ConfigError(f"preset {name}: the checkpoint steps differ from the other runs'.")
-        if c.data.tokenizer is None and c.data.tokenizer_vocab_size > c.model.vocab_size:
-            raise ConfigError(
-                f"preset {name}: vocab_size {c.model.vocab_size} is smaller than the "
-                f"tokenizer's {c.data.tokenizer_vocab_size}."
-            )
     return SweepPlan(root, configs)
 
 
@@ -93,10 +93,10 @@ def run_sweep(
     """Train every run of the plan in turn (each resumes if interrupted); return their results."""
     results = []
     for i, (name, config) in enumerate(plan.configs.items(), 1):
-        m = config.model
+        shape = config.model
         echo(
-            f"[{i}/{len(plan.configs)}] {name}: d_model {m.d_model}, {m.n_layers} layers -> "
-            f"{config.run_dir}"
+            f"[{i}/{len(plan.configs)}] {name}: d_model {shape.d_model}, {shape.n_layers} "
+            f"layers -> {config.run_dir}"
         )
         results.append(train(config, force=force, device=device))
     return results

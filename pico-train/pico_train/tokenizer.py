@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 from pico_format import atomic_path, write_json_atomic
 from pico_format.layout import TOKENIZER
 from pico_train.config import RunConfig
-from pico_train.corpus import DataError, cache_root, open_corpus, texts_hash
+from pico_train.corpus import DataError, cache_root, open_corpus, require_hub, texts_hash
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
@@ -164,6 +164,10 @@ def _tokenizer_folder(name: str, path: Path) -> PreTrainedTokenizerBase:
 def _hub_tokenizer(name: str) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
+    try:  # already in the Hugging Face cache: no network needed
+        return AutoTokenizer.from_pretrained(name, local_files_only=True)
+    except Exception:
+        require_hub(f"data.tokenizer '{name}'")
     try:
         return AutoTokenizer.from_pretrained(name)
     except Exception as err:

@@ -15,6 +15,7 @@ from pico_format import (
     module_name,
 )
 from pico_train.capture import capture_learning_dynamics, position_indices, select_modules
+from pico_train.checkpoint import save_model_files
 from pico_train.config import CaptureConfig, ModelConfig
 from pico_train.distributed import Dist
 from pico_train.model import PicoDecoder
@@ -39,6 +40,7 @@ def _capture(model, rows, run, step=0, **cfg):
         capture_learning_dynamics(
             model, cfg, step, {s: rows for s in cfg.splits}, Dist(), None, ckpt
         )
+        save_model_files(ckpt.root, model)  # the captured weights are read from here
     return run.checkpoint(step)
 
 

@@ -77,3 +77,76 @@ def test_info_run_lists_checkpoint_contents(tmp_path):
     assert "capture train" in out
     gen = invoke("generate", result.run_dir, "--prompt", "KING:", "--max-new-tokens", "5")
     assert gen.exit_code == 0 and gen.output.startswith("KING:")  # a run dir: its latest step
+
+
+def test_version_on_both_commands():
+    from pico_analyze.cli import main as analyze_main
+
+    assert invoke("--version").output.startswith("pico-train, version ")
+    result = CliRunner().invoke(analyze_main, ["--version"])
+    assert result.exit_code == 0 and result.output.startswith("pico-analyze, version ")
+
+
+def test_config_command_prints_the_full_resolved_config():
+    import yaml
+
+    result = invoke("config", "--preset", "small", "--set", "training.max_steps=700")
+    out = result.stdout  # the note about the vocabulary goes to stderr
+    assert "note: model.vocab_size=50304" in result.stderr
+    assert "&id" not in out and "*id" not in out
+    raw = yaml.safe_load(out)
+    assert raw["run_dir"] == "runs/small" and raw["training"]["max_steps"] == 700
+    assert raw["model"]["d_model"] == 384 and "modules" in raw["capture"]  # every default
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["info", "runs/dmeo"], "no such run directory: 'runs/dmeo'"),
+        (["info", "--set", "training.max_steps", "5"], "must look like section.key=value"),
+        (["info", "--bogus"], "No such option '--bogus'"),
+        (["train", "--device", "banana"], "'banana' is not one of"),
+    ],
+)
+def test_usage_mistakes_are_refused_in_one_line(args, message):
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert result.output.count("\n") == 1 and result.output.startswith("error: ")
+    assert message in result.output
+
+
+def test_cuda_device_without_cuda_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    result = CliRunner().invoke(
+        main, ["train", "--device", "cuda", "--set", f"run_dir={tmp_path / 'run'}"]
+    )
+    assert result.exit_code == 2 and "CUDA is not available" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_is_announced_and_the_final_line_counts_this_invocation(tmp_path):
+    args = ["train", "--set", f"run_dir={tmp_path / 'run'}"]
+    for o in ["training.max_steps=2", "checkpointing.every=2", "checkpointing.steps=[]"]:
+        args += ["--set", o]
+    from tiny_runs import TINY
+
+    base = [a for o in TINY for a in ("--set", o)]
+    first = CliRunner().invoke(main, [*args[:1], *base, *args[1:]])
+    assert first.exit_code == 0, first.output
+    assert "done: 2 steps in" in first.output and "resuming" not in first.output
+    more = CliRunner().invoke(main, [*args[:1], *base, *args[1:], "--set", "training.max_steps=4"])
+    assert more.exit_code == 0, more.output
+    assert f"resuming from step 2 of {tmp_path / 'run'}" in more.output
+    assert "done: 2 steps (steps 2 -> 4) in" in more.output
+
+
+def test_progress_without_a_terminal_has_no_carriage_returns(tmp_path):
+    from tiny_runs import TINY
+
+    args = [a for o in TINY for a in ("--set", o)]
+    more = ["run_dir=" + str(tmp_path / "run"), "training.max_steps=3", "checkpointing.every=3"]
+    more += ["checkpointing.steps=[]", "logging.progress=true", "capture.enabled=false"]
+    result = CliRunner().invoke(main, ["train", *args, *[a for o in more for a in ("--set", o)]])
+    assert result.exit_code == 0, result.output
+    assert "\r" not in result.output
+    assert "train: step 3/3, loss " in result.output

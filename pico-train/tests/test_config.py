@@ -133,7 +133,7 @@ def test_suite_vocabulary_on_the_trained_tokenizer_gets_a_note():
 
 
 def test_saved_yaml_has_no_anchors():
-    from pico_train.config import dump_yaml
+    from pico_format.yaml_file import dump_yaml
 
     shared = [1, 2]
     text = dump_yaml({"a": shared, "b": shared})

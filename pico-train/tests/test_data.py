@@ -251,7 +251,7 @@ def test_missing_or_unusable_datasets_are_named(tok, tmp_path, monkeypatch):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no parquet, json, jsonl or arrow"):
         build_data(cfg(f"data.dataset={tmp_path / 'empty'}"), tok)
-    short = write(pd.DataFrame({"text": ["To be, or not to be."] * 3}), tmp_path / "s", "json")
+    short = write(pd.DataFrame({"text": ["To be, or not to be."] * 8}), tmp_path / "s", "json")
     with pytest.raises(DataError, match=r"gives \d+ sequences.*data.eval_sequences"):
         build_data(cfg(f"data.dataset={short}"), tok)
 
@@ -266,6 +266,37 @@ def test_missing_or_unusable_datasets_are_named(tok, tmp_path, monkeypatch):
     assert "could not reach" in str(err.value).lower()
     with pytest.raises(DataError, match="pico-lm/no-such-tokenizer.*could not be downloaded"):
         load_tokenizer(cfg("data.tokenizer=pico-lm/no-such-tokenizer"))
+
+
+def test_empty_and_too_small_datasets_name_the_cause(tok, tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(DataError, match=r"empty.jsonl' is empty \(0 bytes\)"):
+        build_data(cfg(f"data.dataset={tmp_path / 'empty.jsonl'}"), tok)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": pa.array([], pa.string())}), tmp_path / "zero.parquet")
+    with pytest.raises(DataError, match="zero.parquet' holds no rows"):
+        build_data(cfg(f"data.dataset={tmp_path / 'zero.parquet'}"), tok)
+    pq.write_table(pa.table({"text": ["To be."]}), tmp_path / "tiny.parquet")
+    with pytest.raises(DataError, match=r"too few for even two sequences.*data.seq_len \(below"):
+        build_data(cfg(f"data.dataset={tmp_path / 'tiny.parquet'}"), tok)
+
+
+def test_unreachable_hub_fails_at_once_in_one_line(tmp_path, monkeypatch):
+    import time
+
+    import huggingface_hub.constants as constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    began = time.perf_counter()
+    with pytest.raises(DataError, match="data.dataset 'pico-lm/x' needs the Hugging Face Hub"):
+        build_data(cfg("data.dataset=pico-lm/x", "data.tokenizer_vocab_size=300"))
+    with pytest.raises(DataError, match="data.tokenizer 'pico-lm/no-such' needs the Hugging"):
+        load_tokenizer(cfg("data.tokenizer=pico-lm/no-such"))
+    assert time.perf_counter() - began < 30  # not the clients' minute of retries
 
 
 # ----------------------------------------------------------------------------------------------

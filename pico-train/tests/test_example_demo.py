@@ -43,3 +43,15 @@ def test_demo_example_runs_end_to_end(tmp_path):
         assert line in out, line
     assert (tmp_path / "demo" / "analysis" / "results.csv").is_file()
     assert list((tmp_path / "demo" / "analysis" / "plots").glob("*.png"))
+    assert "trained 6 steps" in out and "(checkpoints at steps [0, 3, 6])" in out
+    again = subprocess.run(  # a second `make demo`: nothing to train, the same checkpoints
+        [sys.executable, str(DEMO), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "already trained" in again.stdout
+    assert "(checkpoints at steps [0, 3, 6])" in again.stdout

@@ -17,6 +17,9 @@ from pico_train.train import TrainingError, train
 
 from tiny_runs import tiny_config
 
+# One worker builds the module's workspace once (make test runs with --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("run_safety")
+
 SHORT = ["training.max_steps=4", "checkpointing.every=2", "checkpointing.steps=[]"]
 
 
@@ -49,7 +52,7 @@ def test_second_trainer_is_refused_at_once(tmp_path):
     assert not run_dir.exists()  # the lock removed the folder it made for nothing
 
 
-def test_lock_is_released_on_error_and_stale_lock_files_are_taken(tmp_path):
+def test_a_held_lock_refuses_and_a_stale_lock_file_is_taken(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / ".lock").write_text("pid 99999 on a-crashed-host\n")  # a crash left the file

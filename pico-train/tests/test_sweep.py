@@ -2,12 +2,13 @@
 
 import pytest
 from click.testing import CliRunner
-from test_train import TINY
 
 from pico_format import CaptureReader, RunPaths, list_checkpoints, read_run_info
 from pico_train.cli import main
 from pico_train.config import PRESETS, ConfigError
 from pico_train.sweep import compare_command, parse_presets, plan_sweep
+
+from tiny_runs import TINY
 
 # TINY's data and schedule, without its model section: each preset brings its own shape.
 DATA = [o for o in TINY if not o.startswith(("model.", "preset="))] + [
@@ -48,6 +49,8 @@ def test_plan_puts_runs_side_by_side_with_one_schedule(tmp_path):
     assert plan.run_dirs == [tmp_path / "sw" / "demo-w32", tmp_path / "sw" / "demo"]
     assert [c.model.d_model for c in plan.configs.values()] == [32, 128]
     assert compare_command(plan).startswith(f"pico-analyze compare {tmp_path / 'sw' / 'demo-w32'}")
+    default = plan_sweep(None, ["demo-w32", "demo-w64"], DATA)  # run_dir left at its default
+    assert default.run_dirs[0].as_posix() == "runs/sweep/demo-w32"
 
 
 @pytest.mark.slow

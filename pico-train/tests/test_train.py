@@ -213,6 +213,16 @@ def test_run_layout_and_contents(reference):
     assert run.config.is_file() and run.info.is_file()
     for step in list_checkpoints(run):  # both splits at every checkpoint, the last included
         assert capture_splits(run.checkpoint(step)) == ["eval", "train"]
+    # Captured weights are read from model.safetensors, not stored a second time.
+    from pico_format import CaptureReader
+
+    model = load_file(str(ckpt.model_weights))
+    for split in ("train", "eval"):
+        assert not ckpt.capture_file(split, "weights").exists()
+        reader = CaptureReader(ckpt, split)
+        assert reader.manifest.weights_in_model and len(reader.modules("weights")) == 6
+        for module in reader.modules("weights"):
+            assert torch.equal(reader.get("weights", module), model[f"{module}.weight"])
 
 
 def test_capture_does_not_change_training(tmp_path):

@@ -3,7 +3,10 @@
     capture/<split>/activations.safetensors   {module: (n_rows, width)}   one row per sequence
                                               (positions last | mean), or per (sequence,
                                               position) pair, sequence-major (all | sample)
-    capture/<split>/weights.safetensors       {module: weight (out, in)}  fp32
+    capture/<split>/weights.safetensors       {module: weight (out, in)}  fp32; only in runs
+                                              written before `weights_in_model`: the weights
+                                              are now read from the checkpoint's
+                                              model.safetensors (key "<module>.weight")
     capture/<split>/gradients.safetensors     {module: dLoss/dWeight (out, in)}  fp32, mean over
                                               the captured batch's tokens
     capture/<split>/manifest.json             CaptureManifest
@@ -31,6 +34,7 @@ from pico_format.layout import (
     CheckpointPaths,
     RunPaths,
 )
+from pico_format.modules import weight_name
 from pico_format.run import RunFormatError, read_json, write_json_atomic
 
 __all__ = [
@@ -68,6 +72,9 @@ class CaptureManifest:
     )  # kind -> module -> info
     loss: float | None = None  # mean next-token loss of the captured batch
     activation_dtype: str = "float32"
+    # True: the weights listed under tensors["weights"] are not stored again in the capture but
+    # read from the checkpoint's model.safetensors (key "<module>.weight"); older runs: False.
+    weights_in_model: bool = False
     schema_version: int = SCHEMA_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -99,11 +106,20 @@ def write_capture(
     manifest: CaptureManifest,
     tensors: dict[str, dict[str, torch.Tensor]],
     texts: list[str] | None = None,
+    *,
+    weights_in_model: dict[str, TensorInfo] | None = None,
 ) -> None:
-    """Write one split: a safetensors file per kind, then the manifest (which lists them)."""
+    """Write one split: a safetensors file per kind, then the manifest (which lists them).
+
+    weights_in_model: module -> shape/dtype of weights that the checkpoint's model.safetensors
+    already holds; they are listed in the manifest and read from there, not stored twice.
+    """
     folder = ckpt.capture_dir(manifest.split)
     folder.mkdir(parents=True, exist_ok=True)
     manifest.tensors = {}
+    if weights_in_model is not None:
+        manifest.tensors["weights"] = dict(weights_in_model)
+        manifest.weights_in_model = True
     for kind, by_module in tensors.items():
         if kind not in CAPTURE_KINDS:
             raise ValueError(f"Unknown capture kind '{kind}'; expected one of {CAPTURE_KINDS}.")
@@ -154,12 +170,19 @@ class CaptureReader:
                 f"Module '{module}' not captured ({kind}, '{self.split}'); captured: "
                 f"{', '.join(self.modules(kind))}."
             )
-        path = self.ckpt.capture_file(self.split, kind)
+        path, key = self.location(kind, module)
         try:
             with safe_open(str(path), framework="pt", device=str(device)) as f:
-                return f.get_tensor(module)
+                return f.get_tensor(key)
         except (SafetensorError, OSError) as err:
             raise RunFormatError(f"Corrupt capture file '{path}': {err}.") from None
+
+    def location(self, kind: str, module: str) -> tuple[Path, str]:
+        """The safetensors file and key holding `kind` of `module` (weights may live in the
+        checkpoint's model.safetensors)."""
+        if kind == "weights" and self.manifest.weights_in_model:
+            return self.ckpt.model_weights, weight_name(module)
+        return self.ckpt.capture_file(self.split, kind), module
 
     def texts(self) -> list[str] | None:
         path = self.ckpt.capture_text(self.split)

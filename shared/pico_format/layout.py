@@ -17,7 +17,7 @@ RUN/
       state/               training state for exact resume (pruned to the last K)
         optimizer.safetensors  rng.safetensors  trainer.json
       capture/<split>/     learning dynamics for split train | eval
-        activations.safetensors  weights.safetensors  gradients.safetensors
+        activations.safetensors  gradients.safetensors  (weights: read from model.safetensors)
         manifest.json  text.json
       checkpoint.json      written last: what this checkpoint holds
 

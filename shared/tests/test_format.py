@@ -206,3 +206,26 @@ def test_benchmarks_round_trip_and_rows(tmp_path):
     ckpt.benchmarks.write_text(json.dumps({"step": 1, "tasks": {}}))
     with pytest.raises(RunFormatError, match="expected the keys"):
         read_benchmarks(ckpt)
+
+
+def test_checkpoint_integrity_records_catch_damage(tmp_path, monkeypatch):
+    import pico_format.integrity as integrity
+    from pico_format import verify_checkpoint
+
+    monkeypatch.setattr(integrity, "FULL_CRC_BYTES", 64)  # exercise the sampled path too
+    monkeypatch.setattr(integrity, "SAMPLE_BYTES", 16)
+    run = RunPaths(tmp_path)
+    with checkpoint_transaction(run, 3) as ckpt:
+        (ckpt.root / "small.json").write_text("{}")
+        (ckpt.root / "big.bin").write_bytes(bytes(range(256)) * 4)
+    ckpt = run.checkpoint(3)
+    assert verify_checkpoint(ckpt) is None
+    big = ckpt.root / "big.bin"
+    data = bytearray(big.read_bytes())
+    data[-1] ^= 1  # within the last SAMPLE_BYTES
+    big.write_bytes(bytes(data))
+    assert "big.bin is corrupt" in verify_checkpoint(ckpt)
+    big.write_bytes(bytes(data[:100]))
+    assert "big.bin is truncated" in verify_checkpoint(ckpt)
+    big.unlink()
+    assert "big.bin is missing" in verify_checkpoint(ckpt)

@@ -15,6 +15,7 @@ input cannot be measured.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -73,8 +74,10 @@ _REGISTRY: dict[str, MetricSpec] = {}
 
 
 def _first_doc_line(fn: Callable[..., Any]) -> str:
+    """The docstring's first sentence, whole even when it wraps over several lines."""
     doc = (fn.__doc__ or "").strip()
-    return doc.splitlines()[0].strip() if doc else ""
+    paragraph = " ".join(line.strip() for line in doc.split("\n\n")[0].splitlines())
+    return re.split(r"(?<=[.!?])\s+(?=[A-Z`])", paragraph, maxsplit=1)[0]
 
 
 def register_metric(

@@ -12,6 +12,7 @@ import torch
 
 from ._utils import as_matrix, check_rtol, float64, on_same_device, unit_max
 from .registry import MetricError, register_metric
+from .singular_values import per_tensor
 
 __all__ = [
     "canonical_correlations",
@@ -95,6 +96,34 @@ def _hsic_gram(kt, lt, debiased: bool) -> torch.Tensor:
     return tr + sum_k * sum_l / ((n - 1) * (n - 2)) - 2.0 * (k1 @ l1) / (n - 2)
 
 
+GRAM_MEMO_MAX_ROWS = 1024  # n x n Gram terms are kept for a reference only up to this n
+
+
+def _cka_side(x: torch.Tensor, name: str, debiased: bool, method: str):
+    """(centred x at unit Frobenius norm, its Gram terms (method gram) or None, HSIC(x, x)).
+
+    A function of x alone, so it is computed once per tensor inside the runner (a reference
+    step's activations are compared with every analysed step); Gram terms of more than
+    GRAM_MEMO_MAX_ROWS samples are recomputed instead of kept.
+    """
+
+    def unit() -> torch.Tensor:
+        a = _centered(x, name)
+        # CKA is scale invariant; unit Frobenius norms keep the 4th-power sums from overflow.
+        return a / torch.linalg.matrix_norm(a)
+
+    def side(a: torch.Tensor):
+        if method == "feature":
+            return a, None, _hsic_feature(a, a, debiased)
+        kt = _gram_terms(a, debiased)
+        return a, kt, _hsic_gram(kt, kt, debiased)
+
+    a = per_tensor(x, ("cka_unit",), unit)
+    if method == "gram" and x.shape[0] > GRAM_MEMO_MAX_ROWS:
+        return side(a)
+    return per_tensor(x, ("cka_side", debiased, method), lambda: side(a))
+
+
 @register_metric("cka", comparative=True, kinds=("activations",))
 def cka(x: torch.Tensor, y: torch.Tensor, *, debiased: bool = True, method: str = "auto") -> float:
     """Linear centered kernel alignment (CKA) between two representations of the same inputs.
@@ -132,18 +161,9 @@ def cka(x: torch.Tensor, y: torch.Tensor, *, debiased: bool = True, method: str 
         method = "feature" if p1 * p1 + p2 * p2 + p1 * p2 <= n * (p1 + p2) else "gram"
     if method not in ("feature", "gram"):
         raise MetricError(f"method must be 'auto', 'feature' or 'gram', got {method!r}")
-    a, b = _centered(x, "x"), _centered(y, "y")
-    # CKA is scale invariant; unit Frobenius norms keep the 4th-power sums far from overflow.
-    a, b = a / torch.linalg.matrix_norm(a), b / torch.linalg.matrix_norm(b)
-    if method == "feature":
-        hxy = _hsic_feature(a, b, debiased)
-        hxx = _hsic_feature(a, a, debiased)
-        hyy = _hsic_feature(b, b, debiased)
-    else:
-        kt, lt = _gram_terms(a, debiased), _gram_terms(b, debiased)
-        hxy = _hsic_gram(kt, lt, debiased)
-        hxx = _hsic_gram(kt, kt, debiased)
-        hyy = _hsic_gram(lt, lt, debiased)
+    a, kt, hxx = _cka_side(x, "x", debiased, method)
+    b, lt, hyy = _cka_side(y, "y", debiased, method)
+    hxy = _hsic_feature(a, b, debiased) if method == "feature" else _hsic_gram(kt, lt, debiased)
     if not (float(hxx) > 0.0 and float(hyy) > 0.0):
         which = "x" if not float(hxx) > 0.0 else "y"
         raise MetricError(
@@ -206,11 +226,20 @@ def _basis(a: torch.Tensor, rtol: float) -> tuple[torch.Tensor, torch.Tensor]:
     return u[:, :r], s[:r]
 
 
+def _centred_basis(x: torch.Tensor, name: str, rtol: float | None):
+    """(centred x, (orthonormal basis of its column space, singular values)); computed once
+    per tensor inside the runner (see :func:`_cka_side`)."""
+
+    def compute():
+        a = _centered(x, name)
+        return a, _basis(a, check_rtol(rtol, tuple(x.shape), x.dtype))
+
+    return per_tensor(x, ("cca_basis", rtol), compute)
+
+
 def _bases(x, y, rtol):
-    a, b = _centered(x, "x"), _centered(y, "y")
-    tol_x = check_rtol(rtol, tuple(x.shape), x.dtype)
-    tol_y = check_rtol(rtol, tuple(y.shape), y.dtype)
-    return a, b, _basis(a, tol_x), _basis(b, tol_y)
+    (a, basis_x), (b, basis_y) = _centred_basis(x, "x", rtol), _centred_basis(y, "y", rtol)
+    return a, b, basis_x, basis_y
 
 
 def canonical_correlations(

@@ -23,7 +23,10 @@ accuracy) and all without singular vectors:
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Callable
 from contextvars import ContextVar
+from typing import Any
 
 import torch
 
@@ -92,6 +95,7 @@ class SharedSingularValues:
         self.enabled = enabled
         self.memo: dict[int, tuple[torch.Tensor, int, torch.Tensor]] = {}
         self.finite: dict[int, tuple[torch.Tensor, int]] = {}
+        self.derived: dict[tuple, tuple[weakref.ref, int, Any]] = {}
         self._token = None
 
     def lookup(self, x: torch.Tensor) -> torch.Tensor:
@@ -107,7 +111,21 @@ class SharedSingularValues:
         if self.enabled and values is not None:
             self.memo[id(tensor)] = (tensor, tensor._version, float64(values))
 
+    def derive(self, x: torch.Tensor, key: tuple, compute: Callable[[], Any]) -> Any:
+        """``compute()``, remembered for as long as tensor `x` lives unchanged (a reference
+        step's tensors are compared with every analysed step)."""
+        k = (id(x), key)
+        hit = self.derived.get(k)
+        if hit is not None and hit[0]() is x and hit[1] == x._version:
+            return hit[2]
+        value = compute()
+        forget = lambda _, k=k: self.derived.pop(k, None)  # noqa: E731
+        self.derived[k] = (weakref.ref(x, forget), x._version, value)
+        return value
+
     def clear(self) -> None:
+        """Forget the per-matrix memo (the runner calls this after each matrix); what
+        :meth:`derive` holds goes with its tensors."""
         self.memo.clear()
         self.finite.clear()
 
@@ -123,9 +141,17 @@ class SharedSingularValues:
             self._token = None
         FINITE.reset(self._finite_token)
         self.clear()
+        self.derived.clear()
 
 
 _ACTIVE: ContextVar[SharedSingularValues | None] = ContextVar("pico_singular_values", default=None)
+
+
+def per_tensor(x: torch.Tensor, key: tuple, compute: Callable[[], Any]) -> Any:
+    """``compute()``, a function of `x` (and `key`) only; inside SharedSingularValues it is
+    computed once per tensor (see :meth:`SharedSingularValues.derive`)."""
+    shared = _ACTIVE.get()
+    return compute() if shared is None else shared.derive(x, key, compute)
 
 
 def singular_values(x: torch.Tensor) -> torch.Tensor:

@@ -139,6 +139,7 @@ class HubRun(Source):
         inner = self._open()
         wanted = {f for step in steps for f in inner.files_needed(step, request)}
         wanted &= self.files or set()
+        wanted = {f for f in wanted if not (Path(self.root) / f).is_file()}  # fetched already
         if wanted:
             self._download(sorted(wanted))
 

@@ -166,8 +166,11 @@ class PicoRun(Source):
         for split, kinds in request.splits.items():
             if split in present:
                 out |= {rel.capture_file(split, kind).as_posix() for kind in kinds}
-        for split in self._weight_sources(ckpt, request.weights).values():
-            path = rel.capture_file(split, "weights") if split else rel.model_weights
+        for module, split in self._weight_sources(ckpt, request.weights).items():
+            path = rel.model_weights
+            if split is not None:  # newer captures keep their weights in model.safetensors
+                held = CaptureReader(ckpt, split).location("weights", module)[0]
+                path = rel.root / held.relative_to(ckpt.root)
             out.add(path.as_posix())
         return sorted(out)
 
