@@ -273,6 +273,7 @@ class _Chunk:
                 elif ref.problem and not self.job.force:
                     result = NotMeasurable(f"refused: {ref.problem}; {_advice(split)}")
                 else:
+                    self.svd.pin(other.tensor)  # compared with every step: derive once
                     result = _measure(t, other.tensor, v.tensor)
                     warning = f"forced: {ref.problem}" if ref.problem else ""
                 self.row(r, step, t, split, layer, v, ref.where, result, warning)
