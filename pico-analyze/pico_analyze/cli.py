@@ -94,11 +94,13 @@ def _fail(err: Exception):
 
 
 def _finish(result) -> None:
-    """Print the summary; exit 1 when not one value could be measured."""
+    """Print the summary; exit 1 when not one metric value could be measured (the loss and
+    benchmark rows read from the run's files do not count)."""
     click.echo(result.summary())
-    if not any(math.isfinite(r.value) for r in result.rows):
+    measured = result.stats.rows  # the metric rows of the runner
+    if not any(math.isfinite(r.value) for r in measured):
         raise click.ClickException(
-            f"nothing could be measured ({len(result.rows)} values, all noted as not "
+            f"nothing could be measured ({len(measured)} metric values, all noted as not "
             f"measurable; see the note column of {result.table_path})."
         )
 

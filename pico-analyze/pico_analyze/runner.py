@@ -178,6 +178,19 @@ class _Chunk:
         self.result = ChunkResult()
         self.svd = SharedSingularValues(job.share_svd)
         self.groups, self.cross_groups = _groups(job.tasks), _groups(job.cross_tasks)
+        self.cross_keys = {t.component.key for t in job.cross_tasks}
+
+    def compared_later(self, r: int, step: int, key: str) -> bool:
+        """Whether component `key` of run `r` at `step` is still to be compared with: it is a
+        fixed target of a comparative task, every step's is for `previous`, and every run's
+        is for the cross-run comparisons of this step."""
+        if key in self.cross_keys:
+            return True
+        return any(
+            t.target == "previous" or self.target_step(r, t.target, step) == step
+            for t in self.job.tasks
+            if t.comparative and t.component.key == key
+        )
 
     def state(self, r: int, step: int) -> _State:
         if step not in self.states[r]:
@@ -273,6 +286,7 @@ class _Chunk:
                 elif ref.problem and not self.job.force:
                     result = NotMeasurable(f"refused: {ref.problem}; {_advice(split)}")
                 else:
+                    self.svd.pin(other.tensor)  # compared with every step: derive once
                     result = _measure(t, other.tensor, v.tensor)
                     warning = f"forced: {ref.problem}" if ref.problem else ""
                 self.row(r, step, t, split, layer, v, ref.where, result, warning)
@@ -309,6 +323,8 @@ class _Chunk:
                     if w is not None
                 }
                 self.measure(r, step, split, layer, values, tasks, refs)
+                if not self.compared_later(r, step, spec.key):  # memory: one cell at a time
+                    cur.cache.pop((split, spec.key, layer), None)
 
     def analyse_step(self, step: int) -> None:
         """Every run at `step` against its own target steps, then (compare) each run against

@@ -7,6 +7,7 @@ test_sources_hub.py).
 
 from __future__ import annotations
 
+import csv
 import shutil
 
 import torch
@@ -82,13 +83,18 @@ def test_nothing_measured_exits_non_zero(pico_run, tmp_path):
         "metrics:\n  - metric: frobenius_norm\n    components:\n"
         "      - {type: simple, kind: gradients, module: self_attn.q_proj}\n"
     )
+    run = tmp_path / "run"
+    shutil.copytree(pico_run, run)
+    with open(run / "log.jsonl", "w") as f:  # loss rows are read from the run, not measured
+        f.writelines(f'{{"step": {s}, "loss": {5.0 - s / 10}}}\n' for s in (0, 10, 20))
     out = tmp_path / "out"
-    result = invoke("run", str(pico_run), "--config", str(cfg), "--out", str(out), "--no-progress")
+    result = invoke("run", str(run), "--config", str(cfg), "--out", str(out), "--no-progress")
     line = one_line_error(result, 1)
     assert "nothing could be measured" in line
     assert (out / "results.csv").is_file()  # the notes are kept
+    assert any(r["function"] == "train_loss" for r in csv.DictReader(open(out / "results.csv")))
     cfg.write_text(WEIGHTS_ONLY)
-    assert invoke("run", str(pico_run), "--config", str(cfg), "--out", str(out)).exit_code == 0
+    assert invoke("run", str(run), "--config", str(cfg), "--out", str(out)).exit_code == 0
 
 
 def _config(tmp_path) -> str:

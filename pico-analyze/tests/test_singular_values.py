@@ -90,9 +90,11 @@ def test_per_tensor_results_are_reused_only_for_the_same_unchanged_tensor():
     plain = [cka(ref, cur), pwcca(ref, cur), cka(ref, cur, debiased=False)]
     shared = SharedSingularValues()
     with shared:
+        shared.pin(ref)  # the runner pins reference tensors; nothing is kept for others
         for _ in range(2):  # the second round reuses the reference's centred basis and Gram
             assert [cka(ref, cur), pwcca(ref, cur), cka(ref, cur, debiased=False)] == plain
         remembered = len(shared.derived)
+        assert remembered and all(k[0] == id(ref) for k in shared.derived)
         ref.mul_(-2.0).add_(1.0)  # in place: a new version, so recomputed (CKA is invariant)
         again = [cka(ref, cur), pwcca(ref, cur), cka(ref, cur, debiased=False)]
         assert again == pytest.approx(plain, abs=1e-12)

@@ -96,6 +96,7 @@ class SharedSingularValues:
         self.memo: dict[int, tuple[torch.Tensor, int, torch.Tensor]] = {}
         self.finite: dict[int, tuple[torch.Tensor, int]] = {}
         self.derived: dict[tuple, tuple[weakref.ref, int, Any]] = {}
+        self.pinned: dict[int, weakref.ref] = {}
         self._token = None
 
     def lookup(self, x: torch.Tensor) -> torch.Tensor:
@@ -111,9 +112,21 @@ class SharedSingularValues:
         if self.enabled and values is not None:
             self.memo[id(tensor)] = (tensor, tensor._version, float64(values))
 
+    def pin(self, x: torch.Tensor) -> None:
+        """Mark `x` as a reference (compared with many others): :meth:`derive` keeps what is
+        computed from it for as long as it lives."""
+        key = id(x)
+        if key not in self.pinned:
+            forget = lambda _, i=key: self.pinned.pop(i, None)  # noqa: E731
+            self.pinned[key] = weakref.ref(x, forget)
+
     def derive(self, x: torch.Tensor, key: tuple, compute: Callable[[], Any]) -> Any:
-        """``compute()``, remembered for as long as tensor `x` lives unchanged (a reference
-        step's tensors are compared with every analysed step)."""
+        """``compute()``; for a pinned tensor, remembered for as long as it lives unchanged (a
+        reference step's tensors are compared with every analysed step). Other tensors are
+        used once, so nothing is kept for them."""
+        pinned = self.pinned.get(id(x))
+        if pinned is None or pinned() is not x:
+            return compute()
         k = (id(x), key)
         hit = self.derived.get(k)
         if hit is not None and hit[0]() is x and hit[1] == x._version:
@@ -142,6 +155,7 @@ class SharedSingularValues:
         FINITE.reset(self._finite_token)
         self.clear()
         self.derived.clear()
+        self.pinned.clear()
 
 
 _ACTIVE: ContextVar[SharedSingularValues | None] = ContextVar("pico_singular_values", default=None)
