@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pico_format import RunPaths, checkpoint_transaction, verify_checkpoint
+from pico_format import CheckpointPaths, RunPaths, checkpoint_transaction, verify_checkpoint
 from pico_format.integrity import FULL_CRC_BYTES, SAMPLE_BYTES, file_records
 
 
@@ -40,7 +40,7 @@ def main() -> None:
         for mib in (args.small_mib, args.large_mib):
             folder = Path(tmp) / f"f{mib}"
             folder.mkdir()
-            _write(folder / "model.safetensors", mib << 20)
+            _write(CheckpointPaths(folder).model_weights, mib << 20)
             began = time.perf_counter()
             file_records(folder)
             took = time.perf_counter() - began

@@ -9,8 +9,7 @@ loss and its gradients with respect to the hidden states and the head weight for
 (materialised logits + F.cross_entropy, what the model did before loss.py), our `chunked`
 (eager and compiled block step), and Liger-Kernel's and cut-cross-entropy's fused kernels when
 installed. Prints ms per call, peak memory above the inputs, and the loss's relative difference
-from `plain`. loss.LIBRARY_MIN_HEAD (what `auto` picks) is chosen from these figures
-(BENCHMARKS.md).
+from `plain`. What `auto` uses (loss.py) was chosen from these figures (BENCHMARKS.md).
 """
 
 from __future__ import annotations

@@ -16,10 +16,24 @@ if [ "$WHAT" = tests ] || [ "$WHAT" = all ]; then
   timeout 120 python3 benchmarks/bench_loss.py --repeat 5 --shapes medium large 2>&1 | tee "$OUT/bench_loss.txt"
 fi
 if [ "$WHAT" = single ] || [ "$WHAT" = all ]; then
+  # Presets to run (default all); with 2+ GPUs they are spread over two GPUs, one run per GPU at
+  # a time, else run one after another.
+  PRESETS=${PRESETS:-small medium large 1b}
+  NGPU=$(nvidia-smi -L | wc -l)
   python3 -c "from pico_train.config import load_config; from pico_train.data import build_data; build_data(load_config(overrides=['preset=small']))" >/dev/null 2>&1
-  CUDA_VISIBLE_DEVICES=0 bash -c "for p in small medium; do timeout 200 python3 benchmarks/bench_train.py --preset \$p --steps 10 $QUIET 2>&1 | grep -v '^note'; done" > "$OUT/bench_1gpu_a.txt" &
-  CUDA_VISIBLE_DEVICES=1 bash -c "for p in large 1b; do timeout 240 python3 benchmarks/bench_train.py --preset \$p --steps 10 $QUIET 2>&1 | grep -v '^note'; done" > "$OUT/bench_1gpu_b.txt" &
-  wait
+  lane() {  # lane GPU PRESET...
+    local gpu=$1; shift
+    for p in "$@"; do
+      CUDA_VISIBLE_DEVICES=$gpu timeout 240 python3 benchmarks/bench_train.py --preset "$p" --steps 10 $QUIET 2>&1 | grep -v '^note'
+    done > "$OUT/bench_1gpu_$gpu.txt"
+  }
+  set -- $PRESETS
+  if [ "$NGPU" -ge 2 ] && [ $# -ge 2 ]; then
+    half=$(( ($# + 1) / 2 ))
+    lane 0 "${@:1:$half}" & lane 1 "${@:$((half + 1))}" & wait
+  else
+    lane 0 "$@"
+  fi
   cat "$OUT"/bench_1gpu_*.txt
 fi
 if [ "$WHAT" = multi ] || [ "$WHAT" = all ]; then

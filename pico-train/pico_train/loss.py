@@ -8,7 +8,7 @@ cross-entropy run together, a block of rows at a time:
     loss_i = logsumexp_v(h_i . W_v) - h_i . W_{y_i}         (token i, target y_i, vocabulary v)
     mean   = sum_{i: y_i != ignore} loss_i / #{i: y_i != ignore};   sum = the numerator
 
-Implementations (`set_implementation`; all give the same numbers to float rounding):
+Implementations (`set_implementation`; their losses agree to float rounding):
 - ``chunked`` (ours): rows in blocks of about `CHUNK_ELEMENTS / V`; each block's logits are
   made in the compute dtype, turned into fp32 loss terms and, when gradients are needed, into
   dLoss/dh and dLoss/dW at once (softmax - onehot, Wijmans et al. 2024 "Cut your losses";
@@ -16,12 +16,11 @@ Implementations (`set_implementation`; all give the same numbers to float roundi
   logits ever exist. The block step can be compiled (`compile_chunks`).
 - ``liger``: Liger-Kernel's fused linear cross-entropy (Triton, CUDA only).
 - ``cce``: Apple's cut-cross-entropy (Triton, CUDA only).
-- ``auto``: on CUDA, Liger-Kernel for large heads (V * d >= `LIBRARY_MIN_HEAD`, where it was
-  1.6x faster than our compiled blocks at the 1b preset's head) when it is installed, our
-  compiled blocks otherwise (as fast as the libraries at the small preset's head, 1.9x faster
-  than Liger there); ``chunked`` on CPU. Figures: BENCHMARKS.md, "Loss implementations".
-  cut-cross-entropy was as fast as Liger but skips small gradient terms by default, so its
-  gradients differ from the exact ones by more than our test tolerance.
+- ``auto``: ours everywhere. On one H200 (BENCHMARKS.md, "Loss implementations") our compiled
+  blocks were as fast as the libraries at the small preset's head, Liger-Kernel was up to 1.6x
+  faster at larger heads in isolation, but inside the compiled 1b training step it failed with
+  an illegal memory access (liger-kernel 0.8.5), and cut-cross-entropy skips small gradient
+  terms by default (its gradients fail our exactness test). Both stay selectable.
 
 Under autocast the matrix multiplies run in the autocast dtype (as `nn.Linear` would) and the
 softmax, log-sum-exp and accumulation in fp32.
@@ -36,7 +35,6 @@ import torch
 IGNORE_INDEX = -100
 CHUNK_ELEMENTS = 1 << 26  # logits per block: 64M, i.e. 256 MiB in fp32
 IMPLEMENTATIONS = ("auto", "chunked", "liger", "cce")
-LIBRARY_MIN_HEAD = 1 << 28  # V * d above which `auto` uses Liger-Kernel on CUDA
 
 _state = {"impl": "auto", "compile": False}
 
@@ -57,14 +55,9 @@ def available(name: str) -> bool:
     return torch.cuda.is_available() and importlib.util.find_spec(module) is not None
 
 
-def resolve(device: torch.device, head_elements: int) -> str:
-    """The implementation `auto` means on `device` for a head of V * d = head_elements."""
-    name = _state["impl"]
-    if name != "auto":
-        return name
-    if device.type == "cuda" and head_elements >= LIBRARY_MIN_HEAD and available("liger"):
-        return "liger"
-    return "chunked"
+def resolve() -> str:
+    """The implementation in use (`auto` means ours, see the module docstring)."""
+    return "chunked" if _state["impl"] == "auto" else _state["impl"]
 
 
 def next_token_loss(
@@ -90,7 +83,7 @@ def next_token_loss(
         h, w = h.to(dtype), head_weight.to(dtype)
     else:
         w = head_weight.to(h.dtype)
-    impl = resolve(h.device, w.numel())
+    impl = resolve()
     with torch.autocast(device_type, enabled=False):
         if impl == "liger":
             total = _liger_sum(h, w, y, ignore_index)
@@ -130,7 +123,7 @@ _compiled_block = None
 
 def _block_fn(compiled: bool):
     global _compiled_block
-    if not compiled:
+    if not compiled or torch.compiler.is_compiling():  # inside a compiled model: traced there
         return _block
     if _compiled_block is None:
         _compiled_block = torch.compile(_block, dynamic=False)

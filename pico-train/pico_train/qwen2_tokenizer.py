@@ -31,6 +31,7 @@ from importlib import resources
 from pathlib import Path
 
 from pico_format import atomic_path
+from pico_format.layout import TOKENIZER
 from pico_train.corpus import DataError, cache_root
 
 __all__ = [
@@ -149,7 +150,7 @@ def qwen2_tokenizer_file() -> Path:
     vocab_file = qwen2_vocab_file()
     digest = hashlib.sha256(vocab_file.read_bytes()).hexdigest()
     key = hashlib.sha256(f"{digest}:{CONVERTER_VERSION}".encode()).hexdigest()[:16]
-    path = cache_root() / "tokenizers" / f"qwen2-{key}" / "tokenizer.json"
+    path = cache_root() / "tokenizers" / f"qwen2-{key}" / TOKENIZER
     if not path.is_file():
         blob = build_qwen2_tokenizer_json(vocab_file)
         with atomic_path(path) as tmp:  # concurrent converters write the same content

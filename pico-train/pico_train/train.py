@@ -362,5 +362,8 @@ def train(config: RunConfig, *, force: bool = False, device: str | None = None) 
         # Under torchrun: print the error once and exit now, never wait on the other ranks.
         distributed.stop_on_error(err, same_on_every_rank=ERRORS_ON_EVERY_RANK)
         raise
+    # Free the model's DDP/FSDP state while the process group still exists: destroying them
+    # after it (when this frame's references go) could block a rank at exit.
+    del trainer
     distributed.teardown()
     return result
