@@ -134,7 +134,7 @@ def test_an_unreachable_hub_fails_at_once_in_one_line(monkeypatch):
         raise AssertionError("huggingface_hub was called (and would retry)")
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(socket, "create_connection", no_network)
     monkeypatch.setattr(huggingface_hub, "list_repo_files", listed)
     with pytest.raises(SourceError) as err:

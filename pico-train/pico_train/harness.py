@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from pico_format import CheckpointPaths, RunFormatError, benchmark_rows, write_benchmarks
+from pico_format.hub import hub_unreachable
 from pico_train.checkpoint import checkpoint_step, find_checkpoints
 
 __all__ = ["CARD_TASKS", "HarnessError", "evaluate_checkpoints", "format_table", "task_results"]
@@ -41,7 +42,6 @@ CARD_TASKS = (
 )
 # Tasks whose scoring executes model-written code (lm-eval asks for explicit consent).
 CODE_TASKS = ("humaneval",)
-_HUB = "https://huggingface.co"
 
 
 class HarnessError(RuntimeError):
@@ -52,18 +52,6 @@ class HarnessError(RuntimeError):
 class EvalResult:
     ckpt: CheckpointPaths
     benchmarks: dict[str, Any]
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """One request to the Hub, no retries."""
-    import urllib.request
-
-    try:
-        endpoint = os.environ.get("HF_ENDPOINT", _HUB)
-        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout)
-        return True
-    except Exception:
-        return False
 
 
 def _go_offline() -> None:
@@ -196,7 +184,7 @@ def evaluate_checkpoints(
         raise HarnessError(str(err)) from None
 
     hub_tasks = [t for t in tasks if t not in _local_tasks(include_path)]
-    if hub_tasks and not _offline() and not _hub_reachable():
+    if hub_tasks and not _offline() and hub_unreachable(timeout=3.0):
         log("note: the Hugging Face Hub is unreachable; using only locally cached datasets.")
         _go_offline()
     if allow_code_execution:

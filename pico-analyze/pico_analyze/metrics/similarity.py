@@ -102,26 +102,23 @@ GRAM_MEMO_MAX_ROWS = 1024  # n x n Gram terms are kept for a reference only up t
 def _cka_side(x: torch.Tensor, name: str, debiased: bool, method: str):
     """(centred x at unit Frobenius norm, its Gram terms (method gram) or None, HSIC(x, x)).
 
-    A function of x alone, so it is computed once per tensor inside the runner (a reference
-    step's activations are compared with every analysed step); Gram terms of more than
-    GRAM_MEMO_MAX_ROWS samples are recomputed instead of kept.
+    HSIC(x, x) and the Gram terms (the costly parts, O(n p^2) or O(n^2 p)) depend on x alone,
+    so inside the runner they are computed once per reference tensor (compared with every
+    analysed step); the centred copy is O(n p) and recomputed rather than kept, and Gram terms
+    of more than GRAM_MEMO_MAX_ROWS samples are not kept either.
     """
+    a = _centered(x, name)
+    a = a / torch.linalg.matrix_norm(a)  # scale invariant; keeps 4th-power sums from overflow
 
-    def unit() -> torch.Tensor:
-        a = _centered(x, name)
-        # CKA is scale invariant; unit Frobenius norms keep the 4th-power sums from overflow.
-        return a / torch.linalg.matrix_norm(a)
-
-    def side(a: torch.Tensor):
+    def side():
         if method == "feature":
-            return a, None, _hsic_feature(a, a, debiased)
+            return None, _hsic_feature(a, a, debiased)
         kt = _gram_terms(a, debiased)
-        return a, kt, _hsic_gram(kt, kt, debiased)
+        return kt, _hsic_gram(kt, kt, debiased)
 
-    a = per_tensor(x, ("cka_unit",), unit)
     if method == "gram" and x.shape[0] > GRAM_MEMO_MAX_ROWS:
-        return side(a)
-    return per_tensor(x, ("cka_side", debiased, method), lambda: side(a))
+        return a, *side()
+    return a, *per_tensor(x, ("cka_side", debiased, method), side)
 
 
 @register_metric("cka", comparative=True, kinds=("activations",))
@@ -227,14 +224,11 @@ def _basis(a: torch.Tensor, rtol: float) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _centred_basis(x: torch.Tensor, name: str, rtol: float | None):
-    """(centred x, (orthonormal basis of its column space, singular values)); computed once
-    per tensor inside the runner (see :func:`_cka_side`)."""
-
-    def compute():
-        a = _centered(x, name)
-        return a, _basis(a, check_rtol(rtol, tuple(x.shape), x.dtype))
-
-    return per_tensor(x, ("cca_basis", rtol), compute)
+    """(centred x, (orthonormal basis of its column space, singular values)); the basis (an
+    SVD) is computed once per reference tensor inside the runner (see :func:`_cka_side`)."""
+    a = _centered(x, name)
+    tol = check_rtol(rtol, tuple(x.shape), x.dtype)
+    return a, per_tensor(x, ("cca_basis", rtol), lambda: _basis(a, tol))
 
 
 def _bases(x, y, rtol):

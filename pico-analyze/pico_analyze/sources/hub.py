@@ -9,18 +9,15 @@ snapshot folder. Writes only into the Hugging Face cache.
 
 from __future__ import annotations
 
-import os
 import re
-import socket
 from pathlib import Path
-from urllib.parse import urlparse
 
 import huggingface_hub
-from huggingface_hub import constants
 
 from pico_analyze.load import Checkpoint, LoadRequest, ModelShape, Source, SourceError
 from pico_analyze.sources.original import OriginalRun
 from pico_analyze.sources.pico import PicoRun
+from pico_format.hub import hub_unreachable
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
@@ -35,27 +32,17 @@ def parse_hub_spec(text: str, revision: str | None = None) -> tuple[str, str | N
     return (body, revision) if _REPO_ID.match(body) else None
 
 
-REACH_TIMEOUT_S = 5.0
-
-
 def check_reachable(what: str) -> None:
     """Fail at once, in one line, when the Hub cannot be reached (huggingface_hub would retry
     for half a minute first). Skipped in offline mode (``HF_HUB_OFFLINE=1``), where
     huggingface_hub itself refuses network calls at once."""
-    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE"):
-        return
-    url = urlparse(constants.ENDPOINT)
-    host, port = (
-        url.hostname or "huggingface.co",
-        url.port or (443 if url.scheme == "https" else 80),
-    )
-    try:
-        socket.create_connection((host, port), timeout=REACH_TIMEOUT_S).close()
-    except OSError as err:
+    failed = hub_unreachable()
+    if failed:
+        host, err = failed
         raise SourceError(
             f"Cannot reach the Hugging Face Hub ({host}) for {what}: {err}. Analyse a local run "
             f"directory, or set HF_HUB_OFFLINE=1 to use files already in the Hugging Face cache."
-        ) from None
+        )
 
 
 def _first_line(err: Exception) -> str:
