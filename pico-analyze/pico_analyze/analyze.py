@@ -19,7 +19,6 @@ import logging
 import time
 from pathlib import Path
 
-from pico_analyze import plots as plotting
 from pico_analyze import report, report_document, scores
 from pico_analyze.config import AnalysisConfig, config_to_dict, figures_from, load_config
 from pico_analyze.layer_similarity import layer_similarity, write_pairs
@@ -94,6 +93,8 @@ def _finish(
     layer_table = write_pairs(pairs, out_dir)
     plots: list[Path] = []
     if cfg.plots:
+        from pico_analyze import plots as plotting  # matplotlib (~0.4 s) only when drawing
+
         logs = {s.name: scores.read_log(root) for s in sources if (root := scores.run_root(s))}
         draw = plotting.plot_compare if cross else plotting.plot_run
         plots = draw(rows, out_dir, cfg.figures, logs, pairs)

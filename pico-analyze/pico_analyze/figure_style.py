@@ -18,13 +18,18 @@ import re
 import shutil
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator, NullLocator
 
 from pico_analyze.config import FiguresConfig
 from pico_analyze.table import Row
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+# matplotlib (~0.4 s to import) is imported by the functions that draw, so the naming helpers
+# here (used by the report) do not load it in an analysis without figures.
 
 PLOTS_DIR = "plots"
 HEATMAP_FROM_LAYERS = 7  # a metric over more layers than this is drawn as a layer x step heatmap
@@ -152,6 +157,8 @@ def log_spaced(xs) -> bool:
 
 def set_x_scale(ax, xs, opts: FiguresConfig) -> None:
     """Linear or symlog x (symlog keeps step 0 and shows log-spaced early checkpoints)."""
+    from matplotlib.ticker import NullLocator
+
     xs = list(xs)
     scale = opts.step_scale
     if scale == "auto":
@@ -170,6 +177,8 @@ def spans_decades(values, decades: float = 1.5) -> bool:
 
 
 def set_y_scale(ax, values) -> None:
+    from matplotlib.ticker import MaxNLocator, NullLocator
+
     if spans_decades(values):
         ax.set_yscale("log")
         ax.yaxis.set_minor_locator(NullLocator())
@@ -187,6 +196,8 @@ def figure(
 ):
     """A figure with n panels on a grid; fixed margins (no constrained layout: one draw);
     `legend_rows` reserves room below the panels for a figure legend."""
+    from matplotlib.figure import Figure
+
     cols = max(1, min(cols, n))
     rows = math.ceil(n / cols)
     below = 0.65 + 0.17 * legend_rows + (0.15 if legend_rows else 0)
@@ -222,6 +233,8 @@ def legend_rows(n_entries: int, n_cols: int = 4) -> int:
 
 def colorbar(fig, image, ax, label: str, log: bool) -> None:
     """A labelled colour bar with few ticks (each tick costs a text layout per draw)."""
+    from matplotlib.ticker import MaxNLocator
+
     bar = fig.colorbar(image, ax=ax)
     bar.set_label(label, fontsize=7)
     if not log:
