@@ -29,7 +29,7 @@ from pico_analyze.result import AnalysisResult
 from pico_analyze.runner import run_analysis
 from pico_analyze.sources import HubRun, open_source
 from pico_analyze.table import Row, write_table
-from pico_format import RunPaths
+from pico_format import RunPaths, read_log
 from pico_format.layout import ANALYSIS
 from pico_format.yaml_file import dump_yaml
 
@@ -94,7 +94,8 @@ def _finish(
     layer_table = write_pairs(pairs, out_dir)
     plots: list[Path] = []
     if cfg.plots:
-        logs = {s.name: scores.read_log(root) for s in sources if (root := scores.run_root(s))}
+        roots = {s.name: root for s in sources if (root := scores.run_root(s))}
+        logs = {name: read_log(RunPaths(root).log) for name, root in roots.items()}
         draw = plotting.plot_compare if cross else plotting.plot_run
         plots = draw(rows, out_dir, cfg.figures, logs, pairs)
     config = config_to_dict(cfg)
