@@ -1,7 +1,6 @@
 """torchrun with 2 CPU processes (gloo) equals one process: losses and captured files."""
 
 import os
-import subprocess
 
 import pytest
 import torch
@@ -10,7 +9,7 @@ from pico_format import CaptureReader, RunPaths, list_checkpoints
 from pico_train.distributed import launch_command
 from pico_train.monitor import read_log
 
-from tiny_runs import TINY
+from tiny_runs import TINY, run_process_group
 
 SETTINGS = [
     *TINY,
@@ -26,7 +25,7 @@ def _train(run_dir, nproc):
     args = [a for o in [*SETTINGS, f"run_dir={run_dir}"] for a in ("--set", o)]
     cmd = launch_command(nproc, ["train", *args])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = run_process_group(cmd, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 

@@ -138,15 +138,14 @@ GPU_RUN = [
 
 def _torchrun(run_dir, *extra):
     import os
-    import subprocess
 
     from pico_train.distributed import launch_command
 
-    from tiny_runs import TINY
+    from tiny_runs import TINY, run_process_group
 
     sets = [*TINY, *GPU_RUN, f"run_dir={run_dir}", *extra]
     cmd = launch_command(2, ["train", *[a for o in sets for a in ("--set", o)]])
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ})
+    proc = run_process_group(cmd, env={**os.environ}, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return [r["loss"] for r in read_log(RunPaths(run_dir).log) if "loss" in r]
 

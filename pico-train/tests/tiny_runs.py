@@ -4,6 +4,10 @@ Every test that trains or builds data uses these settings, so the Shakespeare BP
 trained once per session and cached under PICO_CACHE.
 """
 
+import os
+import signal
+import subprocess
+
 from pico_train.config import RunConfig, load_config
 
 # Data settings of every tiny run.
@@ -42,3 +46,31 @@ def data_config(*extra: str) -> RunConfig:
 def tiny_config(run_dir, *extra: str) -> RunConfig:
     """A tiny model trained for 12 steps into `run_dir`, checkpoints at 0, 1, 3, 6, 9, 12."""
     return load_config(overrides=[*TINY, f"run_dir={run_dir}", *extra])
+
+
+def run_process_group(cmd, *, env, timeout, cwd=None) -> subprocess.CompletedProcess:
+    """Run `cmd` (a torchrun launch, say) in its own process group and capture its output.
+
+    On a time-out, and whatever happens, every process of the group is killed: killing only
+    torchrun's agent would leave its workers running (one such orphan sat in a collective for
+    half an hour). A time-out raises subprocess.TimeoutExpired like subprocess.run.
+    """
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if proc.poll() is None:
+            proc.wait()
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
