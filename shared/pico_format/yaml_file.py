@@ -59,3 +59,30 @@ def dump_yaml(data: Any) -> str:
 
 
 __all__ = ["YAMLFileError", "dump_yaml", "parse_yaml", "read_yaml"]
+
+
+def flatten(d: dict | None, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as one mapping of dot-path keys (``{"data": {"seq_len": 8}}`` ->
+    ``{"data.seq_len": 8}``); None counts as empty."""
+    out: dict[str, Any] = {}
+    for k, v in (d or {}).items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_differences(
+    old: dict, new: dict, sections=("model", "data"), between: str = "->"
+) -> list[str]:
+    """Dot-path keys of the config `sections` whose values differ, sorted, as
+    'key: OLD BETWEEN NEW' (a key missing on one side reads as None)."""
+    a = flatten({s: old.get(s, {}) for s in sections})
+    b = flatten({s: new.get(s, {}) for s in sections})
+    return [
+        f"{k}: {a.get(k)!r} {between} {b.get(k)!r}"
+        for k in sorted(set(a) | set(b))
+        if a.get(k) != b.get(k)
+    ]
