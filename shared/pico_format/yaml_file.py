@@ -2,11 +2,14 @@
 
 Reads a YAML file (a run's config.yaml, a training config, an analysis config) and turns a syntax
 or encoding error into one line naming the file and the line: `FILE, line N: problem`. Writes
-plain data as YAML in key order, without `&id001` anchors for values that repeat.
+plain data as YAML in key order, without `&id001` anchors for values that repeat. Also the
+config helpers both packages' error messages share: dot-path flattening, the differences between
+two configs, and the "did you mean" hint for an unknown key.
 """
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any
 
@@ -86,3 +89,12 @@ def config_differences(
         for k in sorted(set(a) | set(b))
         if a.get(k) != b.get(k)
     ]
+
+
+def did_you_mean(key: str, options: list[str], prefix: str = "") -> str:
+    """A hint for an unknown `key`: the closest of `options` in full (`prefix` + option, e.g.
+    'training.max_steps'), or all of them when none is close."""
+    match = difflib.get_close_matches(str(key), options, n=1, cutoff=0.5)
+    if match:
+        return f" Did you mean '{prefix}{match[0]}'?"
+    return f" Valid keys: {', '.join(prefix + o for o in options)}."
