@@ -95,13 +95,15 @@ def main() -> None:
         )
         print(f"layer x layer CKA: {len(pairs)} pairs in {wall:.2f} s (CPU {cpu:.2f} s)")
         result.pairs = pairs
-        draw = plots.plot_compare if args.compare else plots.plot_run
         logs = {s.name: read_log(RunPaths(r).log) for s, r in zip(sources, roots)}
         opts = FiguresConfig()
         for label, workers in (("one process", 1), ("automatic", figure_style.MAX_FIGURE_WORKERS)):
             figure_style.MAX_FIGURE_WORKERS = workers
             wall, cpu, files = _timed(
-                lambda: draw(result.rows, out, opts, logs, pairs), args.repeat
+                lambda: plots.plot_figures(
+                    result.rows, out, opts, logs, pairs, compare=args.compare
+                ),
+                args.repeat,
             )
             n = figure_style.figure_workers(len(files))
             print(

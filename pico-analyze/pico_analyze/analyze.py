@@ -96,8 +96,7 @@ def _finish(
     if cfg.plots:
         roots = {s.name: root for s in sources if (root := scores.run_root(s))}
         logs = {name: read_log(RunPaths(root).log) for name, root in roots.items()}
-        draw = plotting.plot_compare if cross else plotting.plot_run
-        plots = draw(rows, out_dir, cfg.figures, logs, pairs)
+        plots = plotting.plot_figures(rows, out_dir, cfg.figures, logs, pairs, compare=cross)
     config = config_to_dict(cfg)
     (out_dir / "config.yaml").write_text(dump_yaml(config))
     result = AnalysisResult(

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from pico_analyze import _NOTEBOOK
 from pico_analyze.layer_similarity import CSV_NAME as LAYER_CSV
 from pico_analyze.table import COLUMNS, CSV_NAME, PARQUET_NAME
 from pico_format import (
@@ -38,18 +39,7 @@ from pico_format import (
     read_log,
 )
 
-__all__ = [
-    "run",
-    "compare",
-    "load_results",
-    "load_layer_similarity",
-    "load_log",
-    "load_eval",
-    "load_benchmarks",
-    "checkpoints",
-    "read_capture",
-    "results_frame",
-]
+__all__ = list(_NOTEBOOK)  # the names `import pico_analyze` re-exports lazily
 
 
 def results_frame(rows) -> pd.DataFrame:
