@@ -32,11 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from analyze_runs import BUILDERS  # noqa: E402
 from bench_analyze import demo_config  # noqa: E402
 
-from pico_analyze import figure_style, plots, report_document, scores  # noqa: E402
+from pico_analyze import figure_style, plots, report_document  # noqa: E402
 from pico_analyze.analyze import analyze_run, compare_runs  # noqa: E402
 from pico_analyze.config import FiguresConfig, load_config  # noqa: E402
 from pico_analyze.layer_similarity import layer_similarity  # noqa: E402
 from pico_analyze.sources import open_source  # noqa: E402
+from pico_format import RunPaths, read_log  # noqa: E402
 
 
 def _cpu() -> float:
@@ -94,13 +95,15 @@ def main() -> None:
         )
         print(f"layer x layer CKA: {len(pairs)} pairs in {wall:.2f} s (CPU {cpu:.2f} s)")
         result.pairs = pairs
-        draw = plots.plot_compare if args.compare else plots.plot_run
-        logs = {s.name: scores.read_log(r) for s, r in zip(sources, roots)}
+        logs = {s.name: read_log(RunPaths(r).log) for s, r in zip(sources, roots)}
         opts = FiguresConfig()
         for label, workers in (("one process", 1), ("automatic", figure_style.MAX_FIGURE_WORKERS)):
             figure_style.MAX_FIGURE_WORKERS = workers
             wall, cpu, files = _timed(
-                lambda: draw(result.rows, out, opts, logs, pairs), args.repeat
+                lambda: plots.plot_figures(
+                    result.rows, out, opts, logs, pairs, compare=args.compare
+                ),
+                args.repeat,
             )
             n = figure_style.figure_workers(len(files))
             print(

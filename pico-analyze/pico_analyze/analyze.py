@@ -28,7 +28,7 @@ from pico_analyze.result import AnalysisResult
 from pico_analyze.runner import run_analysis
 from pico_analyze.sources import HubRun, open_source
 from pico_analyze.table import Row, write_table
-from pico_format import RunPaths
+from pico_format import RunPaths, read_log
 from pico_format.layout import ANALYSIS
 from pico_format.yaml_file import dump_yaml
 
@@ -95,9 +95,9 @@ def _finish(
     if cfg.plots:
         from pico_analyze import plots as plotting  # matplotlib (~0.4 s) only when drawing
 
-        logs = {s.name: scores.read_log(root) for s in sources if (root := scores.run_root(s))}
-        draw = plotting.plot_compare if cross else plotting.plot_run
-        plots = draw(rows, out_dir, cfg.figures, logs, pairs)
+        roots = {s.name: root for s in sources if (root := scores.run_root(s))}
+        logs = {name: read_log(RunPaths(root).log) for name, root in roots.items()}
+        plots = plotting.plot_figures(rows, out_dir, cfg.figures, logs, pairs, compare=cross)
     config = config_to_dict(cfg)
     (out_dir / "config.yaml").write_text(dump_yaml(config))
     result = AnalysisResult(

@@ -26,7 +26,6 @@ entries of one metric with different settings never overwrite each other.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +38,7 @@ from pico_analyze.defaults import Default, default_compare_plan, default_plan
 from pico_analyze.metrics import get_metric, list_metrics
 from pico_analyze.metrics.registry import UnknownMetricError
 from pico_analyze.sources.original import SUFFIXES as ORIGINAL_SUFFIXES
-from pico_format.yaml_file import YAMLFileError, read_yaml
+from pico_format.yaml_file import YAMLFileError, did_you_mean, read_yaml
 
 SPLIT_ALIASES = {"val": "eval", "validation": "eval"}
 TARGETS = ("last", "first", "previous")
@@ -167,18 +166,13 @@ class AnalysisConfig:
 # ----------------------------------------------------------------------------------------------
 
 
-def _nearest(key: str, options: list[str]) -> str:
-    match = difflib.get_close_matches(str(key), options, n=1, cutoff=0.5)
-    return f" Did you mean '{match[0]}'?" if match else f" Valid keys: {', '.join(options)}."
-
-
 def _check_keys(raw: Any, cls: type, path: str) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping, got {raw!r}.")
     names = [f.name for f in dataclasses.fields(cls)]
     for key in raw:
         if key not in names:
-            raise ConfigError(f"{path}: unknown key '{key}'.{_nearest(key, names)}")
+            raise ConfigError(f"{path}: unknown key '{key}'.{did_you_mean(key, names)}")
     return raw
 
 
@@ -276,7 +270,7 @@ def _entry(raw: Any, path: str, components: dict[str, ComponentSpec]) -> MetricE
     valid = _settings_of(spec.name)
     for key in settings:
         if key not in valid:
-            hint = _nearest(key, valid) if valid else " It takes no settings."
+            hint = did_you_mean(key, valid) if valid else " It takes no settings."
             raise ConfigError(f"{path}.settings: '{key}' is not a setting of {spec.name}.{hint}")
     comps = raw.get("components")
     if comps is None:
@@ -294,7 +288,7 @@ def _entry(raw: Any, path: str, components: dict[str, ComponentSpec]) -> MetricE
         if isinstance(c, str):
             if c not in components:
                 raise ConfigError(
-                    f"{where}: no component named '{c}'.{_nearest(c, list(components))}"
+                    f"{where}: no component named '{c}'.{did_you_mean(c, list(components))}"
                 )
             c = components[c]
         else:

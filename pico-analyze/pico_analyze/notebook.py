@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pico_analyze import scores
+from pico_analyze import _NOTEBOOK
 from pico_analyze.layer_similarity import CSV_NAME as LAYER_CSV
 from pico_analyze.table import COLUMNS, CSV_NAME, PARQUET_NAME
 from pico_format import (
@@ -36,20 +36,10 @@ from pico_format import (
     list_checkpoints,
     read_benchmarks,
     read_json,
+    read_log,
 )
 
-__all__ = [
-    "run",
-    "compare",
-    "load_results",
-    "load_layer_similarity",
-    "load_log",
-    "load_eval",
-    "load_benchmarks",
-    "checkpoints",
-    "read_capture",
-    "results_frame",
-]
+__all__ = list(_NOTEBOOK)  # the names `import pico_analyze` re-exports lazily
 
 
 def results_frame(rows) -> pd.DataFrame:
@@ -130,7 +120,7 @@ def load_log(run_dir: str | Path) -> pd.DataFrame:
     run = RunPaths(run_dir)
     if not run.log.is_file():
         raise RunFormatError(f"'{run_dir}' has no training log ({run.log.name}).")
-    return pd.DataFrame(scores.read_log(run.root))
+    return pd.DataFrame(read_log(run.log))
 
 
 def checkpoints(run_dir: str | Path) -> list[int]:

@@ -208,26 +208,6 @@ def _loss_figure(folder, rows, logs, opts, runs: list[str]) -> list[Path]:
     return fs.save(fig, folder, "loss", opts)
 
 
-def plot_run(
-    rows: list[Row],
-    out_dir: Path,
-    opts: FiguresConfig | None = None,
-    logs: dict[str, list[dict]] | None = None,
-    pairs: list | None = None,
-) -> list[Path]:
-    """Every figure of one run's analysis into a fresh OUT/plots; returns the files written."""
-    opts = opts or FiguresConfig()
-    folder = fs.fresh_dir(out_dir)
-    rows = per_step_rows(rows) if opts.normalize_previous else rows
-    run = rows[0].run if rows else None
-    jobs = [(_loss_figure, (folder, rows, logs or {}, opts, [run] if run else []))]
-    plain = [r for r in rows if not fs.is_cross(r) and r.kind != LOSS_KIND]
-    for label, lrows in _by_label(plain).items():
-        jobs.append((_metric_figures, (folder, label, lrows, opts, run)))
-    jobs += layer_matrix_jobs(pairs or [], folder, opts)
-    return fs.render(jobs)
-
-
 def _overlaid(folder, label, lrows, runs, opts) -> list[Path]:
     groups = _grouped(lrows)
     name = _y_label(lrows, opts)
@@ -309,27 +289,36 @@ def _cross_figure(folder, label, lrows, pairs, opts) -> list[Path]:
     return fs.save(fig, folder, label, opts)
 
 
-def plot_compare(
+def plot_figures(
     rows: list[Row],
     out_dir: Path,
     opts: FiguresConfig | None = None,
     logs: dict[str, list[dict]] | None = None,
     pairs: list | None = None,
+    *,
+    compare: bool = False,
 ) -> list[Path]:
-    """Every figure of a comparison into a fresh OUT/plots; returns the files written."""
+    """Every figure of one run's analysis, or of a comparison (`compare`: runs overlaid and the
+    cross-run similarity figures), into a fresh OUT/plots; returns the files written."""
     opts = opts or FiguresConfig()
     pairs = pairs or []
     folder = fs.fresh_dir(out_dir)
     rows = per_step_rows(rows) if opts.normalize_previous else rows
     runs = list(dict.fromkeys(r.run for r in rows))
+    if not compare:
+        runs = runs[:1]
     jobs = [(_loss_figure, (folder, rows, logs or {}, opts, runs))]
     plain = [r for r in rows if not fs.is_cross(r) and r.kind != LOSS_KIND]
     for label, lrows in _by_label(plain).items():
-        jobs.append((_overlaid, (folder, label, lrows, runs, opts)))
-    for label, lrows in _by_label([r for r in rows if fs.is_cross(r)]).items():
-        jobs.append((_cross_figure, (folder, label, lrows, pairs, opts)))
+        if compare:
+            jobs.append((_overlaid, (folder, label, lrows, runs, opts)))
+        else:
+            jobs.append((_metric_figures, (folder, label, lrows, opts, runs[0])))
+    if compare:
+        for label, lrows in _by_label([r for r in rows if fs.is_cross(r)]).items():
+            jobs.append((_cross_figure, (folder, label, lrows, pairs, opts)))
     jobs += layer_matrix_jobs(pairs, folder, opts)
     return fs.render(jobs)
 
 
-__all__ = ["plot_run", "plot_compare", "per_step_rows"]
+__all__ = ["plot_figures", "per_step_rows"]

@@ -13,23 +13,13 @@ from __future__ import annotations
 import yaml
 
 from pico_format import RunFormatError, RunPaths, read_run_info
+from pico_format.yaml_file import config_differences
 
 DATA_KEYS_SHOWN = 6
 
 
-def _flatten(d, prefix: str = "") -> dict:
-    out = {}
-    for k, v in (d or {}).items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def _identity(source) -> tuple[str | None, dict]:
-    """(data fingerprint, flattened data section of the config) of a pico run, else (None, {})."""
+    """(data fingerprint, config mapping) of a pico run, else (None, {})."""
     root = getattr(source, "root", None)
     if root is None:
         return None, {}
@@ -41,25 +31,18 @@ def _identity(source) -> tuple[str | None, dict]:
         config = yaml.safe_load(run.config.read_text()) if run.config.is_file() else {}
     except (RunFormatError, yaml.YAMLError, OSError):
         return fingerprint, {}
-    data = dict(_flatten((config or {}).get("data"), "data."))
-    if isinstance(config, dict) and "seq_len" not in (config.get("data") or {}):
-        data["data.seq_len"] = None
-    return fingerprint, data
+    return fingerprint, config if isinstance(config, dict) else {}
 
 
 def compare_warnings(sources) -> list[str]:
     """One line per problem that makes a cross-run comparison questionable."""
     warnings = []
     ids = [(s.name, *_identity(s)) for s in sources]
-    ref_name, ref_fp, ref_data = ids[0]
-    for name, fp, data in ids[1:]:
+    ref_name, ref_fp, ref_config = ids[0]
+    for name, fp, config in ids[1:]:
         if fp is None or ref_fp is None or fp == ref_fp:
             continue
-        diffs = [
-            f"{k}: {ref_data.get(k)!r} vs {data.get(k)!r}"
-            for k in sorted(set(ref_data) | set(data))
-            if ref_data.get(k) != data.get(k)
-        ]
+        diffs = config_differences(ref_config, config, sections=("data",), between="vs")
         what = "; ".join(diffs[:DATA_KEYS_SHOWN]) if diffs else "tokenizer or corpus contents"
         if len(diffs) > DATA_KEYS_SHOWN:
             what += f"; and {len(diffs) - DATA_KEYS_SHOWN} more"

@@ -24,14 +24,13 @@ step x global batch x sequence length from the run's config) for the table's ``t
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import yaml
 
 from pico_analyze.table import Row
-from pico_format import RunPaths, benchmark_rows, read_benchmarks, read_json
+from pico_format import RunPaths, benchmark_rows, read_benchmarks, read_json, read_log
 
 TRAIN_LOSS, EVAL_LOSS, EVAL_PPL = "train_loss", "eval_loss", "eval_perplexity"
 LOSS_KIND, BENCHMARK_KIND, MODEL_LAYER = "loss", "benchmark", -1
@@ -44,22 +43,6 @@ def run_root(source) -> Path | None:
         return None
     run = RunPaths(root)
     return run.root if run.info.is_file() or run.log.is_file() else None
-
-
-def read_log(run_dir: str | Path) -> list[dict]:
-    """Records of a run's ``log.jsonl`` ([] when absent); a torn last line is dropped."""
-    path = RunPaths(run_dir).log
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # a run killed mid-write leaves at most one torn line, the last
-    return records
 
 
 def _row(run: str, step: int, metric: str, kind: str, split, module: str, value, note="") -> Row:
@@ -93,7 +76,7 @@ def score_rows(source, steps: list[int]) -> tuple[list[Row], list[str]]:
             f"loss rows omitted."
         ]
     run, name, rows, notes = RunPaths(root), source.name, [], []
-    losses = {r["step"]: r["loss"] for r in read_log(root) if "loss" in r and "step" in r}
+    losses = {r["step"]: r["loss"] for r in read_log(run.log) if "loss" in r and "step" in r}
     if not losses:
         notes.append(f"run '{name}': no training log ({run.log.name}); train_loss omitted.")
     missing_eval = []
@@ -134,7 +117,8 @@ def tokens_seen(source, steps: list[int]) -> dict[int, int]:
     root = run_root(source)
     if root is None:
         return {}
-    logged = {r["step"]: r["tokens_seen"] for r in read_log(root) if "tokens_seen" in r}
+    log = read_log(RunPaths(root).log)
+    logged = {r["step"]: r["tokens_seen"] for r in log if "tokens_seen" in r}
     out = {s: int(logged[s]) for s in steps if s in logged}
     if 0 in steps:
         out[0] = 0

@@ -237,11 +237,11 @@ def test_tokens_on_the_x_axis_and_compare_default_folder(compared, scored_runs, 
     from pico_analyze import compare_runs
     from pico_analyze import figure_style as fs
     from pico_analyze.config import FiguresConfig
-    from pico_analyze.plots import plot_run
+    from pico_analyze.plots import plot_figures
 
     assert fs.count_text(4096) == "4.1k" and fs.count_text(2.6e6) == "2.6M"
     rows = [r for r in compared.rows if r.run == "narrow"]
-    files = plot_run(rows, tmp_path / "tok", FiguresConfig(x_axis="tokens", dpi=40))
+    files = plot_figures(rows, tmp_path / "tok", FiguresConfig(x_axis="tokens", dpi=40))
     assert files and all(f.suffix == ".png" and f.stat().st_size > 0 for f in files)
     # compare's default output folder is under the first run, not the working directory.
     a, b = (shutil.copytree(r, tmp_path / r.name) for r in scored_runs)

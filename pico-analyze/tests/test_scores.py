@@ -7,7 +7,7 @@ import pytest
 
 from pico_analyze import scores
 from pico_analyze.sources.pico import PicoRun
-from pico_format import RunFormatError, RunPaths
+from pico_format import RunFormatError, RunPaths, read_log
 
 
 def test_score_rows_read_log_eval_and_benchmarks(scored_runs):
@@ -64,7 +64,7 @@ def test_torn_log_line_and_bad_benchmarks_file(tmp_path, scored_runs):
     shutil.copytree(narrow, copy)
     log = RunPaths(copy).log
     log.write_text(log.read_text() + '{"step": 99, "lo')
-    assert scores.read_log(copy)[-1]["step"] == 32
+    assert read_log(log)[-1]["step"] == 32
     bench = RunPaths(copy).checkpoint(4).benchmarks
     bench.write_text(json.dumps({"tasks": {"arc_easy": {"acc": 0.3}}}))
     with pytest.raises(RunFormatError, match="expected the keys"):

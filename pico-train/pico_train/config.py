@@ -8,7 +8,6 @@ work, with a message naming the key and what would fix it.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import os
 import sys
@@ -25,7 +24,7 @@ from pico_format import (
     module_name,
     yaml_file,
 )
-from pico_format.yaml_file import YAMLFileError
+from pico_format.yaml_file import YAMLFileError, did_you_mean
 
 
 class ConfigError(ValueError):
@@ -253,14 +252,6 @@ def _to_plain(value: Any) -> Any:
     return value
 
 
-def _nearest(key: str, options: list[str], prefix: str = "") -> str:
-    """A hint naming the closest valid key in full (`training.max_steps`), or all of them."""
-    match = difflib.get_close_matches(key, options, n=1, cutoff=0.5)
-    if match:
-        return f" Did you mean '{prefix}{match[0]}'?"
-    return f" Valid keys: {', '.join(prefix + o for o in options)}."
-
-
 def _coerce(value: Any, hint: Any, path: str) -> Any:
     """Convert a YAML/CLI value to the annotated type, or fail naming the key."""
     origin = typing.get_origin(hint)
@@ -320,9 +311,8 @@ def _build(cls: type, raw: dict[str, Any], path: str, base: Any = None) -> Any:
     for key, value in raw.items():
         full = f"{path}.{key}" if path else key
         if key not in names:
-            raise ConfigError(
-                f"Unknown config key '{full}'.{_nearest(key, names, f'{path}.' if path else '')}"
-            )
+            close = did_you_mean(key, names, f"{path}." if path else "")
+            raise ConfigError(f"Unknown config key '{full}'.{close}")
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
             value = _build(hint, value or {}, full, getattr(obj, key))
@@ -386,7 +376,7 @@ def load_config(
     base = RunConfig()
     if name is not None:
         if name not in PRESETS:
-            raise ConfigError(f"Unknown preset '{name}'.{_nearest(str(name), list(PRESETS))}")
+            raise ConfigError(f"Unknown preset '{name}'.{did_you_mean(str(name), list(PRESETS))}")
         base.model = dataclasses.replace(PRESETS[name])
         base.data = dataclasses.replace(base.data, tokenizer=PRESET_TOKENIZERS.get(name))
     config = _build(RunConfig, raw, "", base)

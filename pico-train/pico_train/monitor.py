@@ -15,7 +15,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from pico_format import RunPaths, write_text_atomic
+from pico_format import RunPaths, read_log, write_text_atomic
 from pico_train.config import ConfigError, LoggingConfig, RunConfig
 
 
@@ -30,19 +30,6 @@ def check_integrations(cfg: LoggingConfig) -> None:
                 f"logging.{name}=true needs the {name} package: `pip install {name}`, or set "
                 f"logging.{name}=false."
             )
-
-
-def read_log(path: Path) -> list[dict[str, Any]]:
-    """Records of a JSON-lines log; a torn last line (killed mid-write) is dropped."""
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
 
 
 def truncate_log(path: Path, step: int) -> None:

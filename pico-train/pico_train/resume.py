@@ -28,7 +28,7 @@ from pico_format import (
     write_text_atomic,
 )
 from pico_format.layout import TMP_PREFIX
-from pico_format.yaml_file import dump_yaml
+from pico_format.yaml_file import config_differences, dump_yaml
 from pico_train import __version__
 from pico_train.checkpoint import model_fingerprint
 from pico_train.config import ConfigError, RunConfig, read_yaml
@@ -51,28 +51,6 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         commit = ""
     return f"{__version__}+{commit}" if commit else __version__
-
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def config_differences(old: dict, new: dict, sections=("model", "data")) -> list[str]:
-    """Dot-path keys of `sections` whose values differ, as 'key: old -> new'."""
-    a = _flatten({s: old.get(s, {}) for s in sections})
-    b = _flatten({s: new.get(s, {}) for s in sections})
-    return [
-        f"{k}: {a.get(k)!r} -> {b.get(k)!r}"
-        for k in sorted(set(a) | set(b))
-        if a.get(k) != b.get(k)
-    ]
 
 
 @dataclass

@@ -19,11 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pico_format.yaml_file import did_you_mean
 from pico_train.config import (
     PRESETS,
     ConfigError,
     RunConfig,
-    _nearest,
     checkpoint_steps,
     load_config,
 )
@@ -52,7 +52,7 @@ def parse_presets(text: str | list[str]) -> list[str]:
         raise ConfigError(f"--presets: a sweep needs at least two presets, got {names}.")
     for n in names:
         if n not in PRESETS:
-            raise ConfigError(f"--presets: unknown preset '{n}'.{_nearest(n, list(PRESETS))}")
+            raise ConfigError(f"--presets: unknown preset '{n}'.{did_you_mean(n, list(PRESETS))}")
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise ConfigError(f"--presets: {', '.join(repeated)} given twice.")

@@ -94,6 +94,21 @@ def read_json(path: str | Path) -> Any:
         raise RunFormatError(f"Corrupt JSON in '{path}': {err}.") from None
 
 
+def read_log(path: str | Path) -> list[dict[str, Any]]:
+    """Records of a JSON-lines log such as a run's ``log.jsonl`` ([] when absent). Blank lines
+    and lines that do not parse (a run killed mid-write leaves a torn last line) are dropped."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
 # ----------------------------------------------------------------------------------------------
 # Run identity
 # ----------------------------------------------------------------------------------------------
