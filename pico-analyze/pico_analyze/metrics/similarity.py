@@ -223,6 +223,72 @@ def _basis(a: torch.Tensor, rtol: float) -> tuple[torch.Tensor, torch.Tensor]:
     return u[:, :r], s[:r]
 
 
+# A low-rank column space is found from a random sketch when the result provably equals the
+# SVD's: only for wide inputs (below this the SVD is cheap) and ranks well below the width.
+_SKETCH_MIN_WIDTH, _SKETCH_START, _SKETCH_MARGIN, _SKETCH_ANGLE = 256, 64, 4.0, 1e-12
+
+
+def _span_via_sketch(a: torch.Tensor, rtol: float) -> torch.Tensor | None:
+    """Orthonormal basis (n, r) of the span of the singular directions of ``a`` (n, p; float64)
+    with singular value > ``rtol * sigma_max`` -- the span of ``_basis(a, rtol)[0]`` -- for a
+    wide ``a`` of low numerical rank, without its full SVD; None where that cannot be
+    guaranteed (then the SVD is needed).
+
+    A randomized range finder with an a posteriori check (Halko, Martinsson & Tropp 2011,
+    "Finding structure with randomness", sections 4.3-4.4): ``Q`` an orthonormal basis of
+    ``a @ Omega`` (``Omega`` a fixed-seed Gaussian p x k), ``B = Q^T a`` (k x p) and the residual
+    ``E = a - Q B``, computed explicitly. ``a = Q B + E``, so each singular value of ``a`` is
+    within ``||E||_2 <= ||E||_F`` of the same singular value of ``B`` (Weyl), and the span of the
+    directions of ``B`` kept at the threshold is within an angle ``||E|| / gap`` of ``a``'s
+    (Wedin); the singular values of ``a`` beyond the k-th are at most ``||E||``. The sketch is
+    accepted only when ``||E||_F`` is below ``threshold / _SKETCH_MARGIN`` (so those are dropped),
+    no singular value of ``B`` lies within ``2 ||E||_F`` of the threshold, and the kept
+    directions are separated from the dropped ones by ``||E||_F / _SKETCH_ANGLE``: then the
+    count equals the SVD's and the span agrees to ~1e-12. ``k`` starts at 64 and doubles (up to
+    a quarter of the width) while every direction of the sketch is kept. In practice this holds
+    for exactly low-rank float64 inputs (e.g. the heads-concatenated OV circuit's activations);
+    rounding noise of float32/bf16 storage is a floor above it, and the SVD is used.
+    """
+    n, p = a.shape
+    if p < _SKETCH_MIN_WIDTH:
+        return None
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    k = _SKETCH_START
+    while 4 * k <= p:
+        omega = torch.randn(p, k, generator=gen, dtype=torch.float64).to(a.device)
+        q = torch.linalg.qr(a @ omega, mode="reduced")[0]
+        b = q.T @ a
+        u, s, _ = torch.linalg.svd(b, full_matrices=False)
+        threshold = rtol * float(s[0])
+        r = int((s > threshold).sum())
+        if r == k:
+            k *= 2  # the rank may exceed the sketch: a wider one
+            continue
+        resid = float(torch.linalg.matrix_norm(a - q @ b))
+        gap = float(s[r - 1]) - max(float(s[r]), threshold)
+        near = bool(((s - threshold).abs() <= 2 * resid).any())
+        if resid * _SKETCH_MARGIN <= threshold and not near and resid <= _SKETCH_ANGLE * gap:
+            return q @ u[:, :r]
+        return None  # a noise floor above what the check allows: a wider sketch won't help
+    return None
+
+
+def _span(a: torch.Tensor, rtol: float) -> torch.Tensor:
+    """Orthonormal basis of the kept column space of ``a``: a random sketch's where it provably
+    equals the SVD's (:func:`_span_via_sketch`), else the SVD's."""
+    q = _span_via_sketch(a, rtol)
+    return _basis(a, rtol)[0] if q is None else q
+
+
+def _centred_span(x: torch.Tensor, name: str, rtol: float | None):
+    """(centred x, orthonormal basis of its kept column space), computed once per reference
+    tensor inside the runner. Only the span: CCA and PWCCA do not depend on the basis chosen
+    in it (SVCCA, which ranks directions, uses :func:`_centred_basis`)."""
+    a = _centered(x, name)
+    tol = check_rtol(rtol, tuple(x.shape), x.dtype)
+    return a, per_tensor(x, ("cca_span", rtol), lambda: _span(a, tol))
+
+
 def _centred_basis(x: torch.Tensor, name: str, rtol: float | None):
     """(centred x, (orthonormal basis of its column space, singular values)); the basis (an
     SVD) is computed once per reference tensor inside the runner (see :func:`_cka_side`)."""
@@ -241,16 +307,17 @@ def canonical_correlations(
 ) -> torch.Tensor:
     """Canonical correlations between ``x`` (n, p1) and ``y`` (n, p2), largest first.
 
-    After mean-centring, with ``Q_x``, ``Q_y`` orthonormal bases of the column spaces (from
-    thin SVDs, dropping directions with singular value <= ``rtol * sigma_max``; default
-    ``max(shape) * eps`` of the input dtype), the canonical correlations are the singular
+    After mean-centring, with ``Q_x``, ``Q_y`` orthonormal bases of the column spaces (thin
+    SVDs, or a random sketch where that provably gives the same subspace -- see
+    :func:`_span_via_sketch` -- dropping directions with singular value <= ``rtol * sigma_max``;
+    default ``max(shape) * eps`` of the input dtype), the canonical correlations are the singular
     values of ``Q_x^T Q_y`` (Björck & Golub 1973) -- no covariance inverse is formed.
     Returns a float64 tensor of length ``min(rank_x, rank_y)``. Requires
     ``rank_x + rank_y <= n_samples - 1`` (raises :class:`MetricError` otherwise): beyond it,
     ``rank_x + rank_y - (n_samples - 1)`` correlations are 1 for any data.
     """
     x, y = _cca_pair(x, y, "CCA")
-    _, _, (qx, _), (qy, _) = _bases(x, y, rtol)
+    (_, qx), (_, qy) = _centred_span(x, "x", rtol), _centred_span(y, "y", rtol)
     _check_joint_dimension(qx.shape[1], qy.shape[1], x.shape[0], "CCA", "column spaces")
     return torch.linalg.svdvals(qx.T @ qy).clamp(0.0, 1.0)
 
@@ -313,7 +380,7 @@ def pwcca(x: torch.Tensor, y: torch.Tensor, *, rtol: float | None = None) -> flo
     weights of those directions depend on the column order of the inputs.
     """
     x, y = _cca_pair(x, y, "PWCCA")
-    a, _, (qx, _), (qy, _) = _bases(x, y, rtol)
+    (a, qx), (_, qy) = _centred_span(x, "x", rtol), _centred_span(y, "y", rtol)
     _check_joint_dimension(qx.shape[1], qy.shape[1], x.shape[0], "PWCCA", "column spaces")
     u, rho, _ = torch.linalg.svd(qx.T @ qy, full_matrices=False)
     h = qx @ u  # (n, c) orthonormal canonical variates of x
