@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from pico_format import CaptureReader, RunPaths, checkpoint_transaction, latest_step
 from pico_train.capture import capture_learning_dynamics
+from pico_train.checkpoint import save_model_files
 from pico_train.config import CaptureConfig, ModelConfig
 from pico_train.distributed import Dist
 from pico_train.model import PicoDecoder
@@ -86,6 +87,7 @@ def test_capture_on_cuda_matches_cpu(tmp_path):
                 None,
                 ckpt,
             )
+            save_model_files(ckpt.root, model)  # the captured weights are read from here
         out[device] = CaptureReader(run.checkpoint(0), "eval")
     for kind in ("activations", "weights", "gradients"):
         for m in out["cpu"].modules(kind):
