@@ -121,7 +121,7 @@ def test_hub_errors_are_reported(monkeypatch):
         open_source("hf://me/x").steps()
 
 
-def test_an_unreachable_hub_fails_at_once_in_one_line(monkeypatch):
+def test_an_unreachable_hub_fails_at_once_in_one_line(monkeypatch, tmp_path):
     """No retries: the Hub is not asked when its host cannot be reached."""
     import socket
 
@@ -142,3 +142,7 @@ def test_an_unreachable_hub_fails_at_once_in_one_line(monkeypatch):
     message = str(err.value)
     assert "\n" not in message and message.startswith("Cannot reach the Hugging Face Hub")
     assert "Name or service not known" in message and "HF_HUB_OFFLINE=1" in message
+    # A bare owner/name may be a mistyped local path (`runs/dmeo` where no runs/ exists yet).
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SourceError, match="and no local run directory 'runs/dmeo' exists"):
+        open_source("runs/dmeo").steps()

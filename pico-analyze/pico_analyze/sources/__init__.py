@@ -57,4 +57,4 @@ def open_source(spec: str | Path, revision: str | None = None) -> Source:
         raise SourceError(
             f"no such run directory: '{text}' (for a Hugging Face repo, write hf://owner/name)."
         )
-    return HubRun(*hub)
+    return HubRun(*hub, explicit=False)

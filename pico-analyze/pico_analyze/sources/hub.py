@@ -53,9 +53,16 @@ class HubRun(Source):
     """A Hub repository holding one run (a branch per run, as the original pico-train did)."""
 
     def __init__(
-        self, repo_id: str, revision: str | None = None, cache_dir: str | Path | None = None
+        self,
+        repo_id: str,
+        revision: str | None = None,
+        cache_dir: str | Path | None = None,
+        *,
+        explicit: bool = True,
     ):
         self.repo_id, self.revision, self.cache_dir = repo_id, revision, cache_dir
+        # A bare owner/name (no hf://) may be a mistyped local path: errors say both.
+        self.explicit = explicit
         self.name = repo_id.split("/")[-1] + (f"@{revision}" if revision else "")
         self.files: set[str] | None = None
         self.root: Path | None = None
@@ -86,7 +93,11 @@ class HubRun(Source):
         if self._inner is not None:
             return self._inner
         where = f"'{self.repo_id}'" + (f" @ {self.revision}" if self.revision else "")
-        check_reachable(f"repo {where}")
+        check_reachable(
+            f"repo {where}"
+            if self.explicit
+            else f"repo {where} (and no local run directory '{self.repo_id}' exists)"
+        )
         try:
             self.files = set(huggingface_hub.list_repo_files(self.repo_id, revision=self.revision))
         except Exception as err:
