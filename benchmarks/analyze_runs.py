@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from pico_analyze.sources.original import original_name
 from pico_format import (
     CAPTURE_KINDS,
     CAPTURE_SPLITS,
@@ -39,11 +40,6 @@ from pico_train.config import ModelConfig
 from pico_train.model import PicoDecoder
 
 SHAPES = {"tiny": 96, "small": 384, "medium": 768}  # d_model of the pico-decoder suite
-ORIGINAL_SUFFIXES = {
-    "self_attn.v_proj": "attention.v_proj",
-    "self_attn.o_proj": "attention.o_proj",
-    "mlp.down_proj": "swiglu.w_2",
-}
 ORIGINAL_PREFIX = "_forward_module.module."
 
 
@@ -148,9 +144,7 @@ def build_original_run(
             for kind, by_module in captures[split].items():
                 out = {}
                 for name, t in by_module.items():
-                    layer = layer_index(name)
-                    suffix = name.removeprefix(f"{module_name(layer, 'residual')}.")
-                    key = f"{ORIGINAL_PREFIX}layers.{layer}.{ORIGINAL_SUFFIXES[suffix]}"
+                    key = original_name(name, ORIGINAL_PREFIX)
                     out[key] = t.to(torch.bfloat16) if kind == "activations" else t
                 torch.save(out, folder / f"{theirs}_{kind}.pt")
     return root

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from pico_analyze.sources.original import original_name
 from pico_format import (
     CaptureManifest,
     RunInfo,
@@ -26,18 +27,12 @@ from pico_format.modules import (
     DEFAULT_CAPTURE_SUFFIXES,
     layer_index,
     module_name,
-    parse_module_name,
 )
 from pico_train.checkpoint import save_model_files
 from pico_train.config import ModelConfig
 from pico_train.model import PicoDecoder
 
 CAPTURED = DEFAULT_CAPTURE_SUFFIXES
-ORIGINAL_NAMES = {
-    "self_attn.v_proj": "attention.v_proj",
-    "self_attn.o_proj": "attention.o_proj",
-    "mlp.down_proj": "swiglu.w_2",
-}
 SEQ, VOCAB = 8, 64
 
 
@@ -172,8 +167,7 @@ def make_original_run(
             for kind, by_module in tensors.items():
                 out = {}
                 for name, t in by_module.items():
-                    layer, suffix = parse_module_name(name)
-                    key = f"{prefix}layers.{layer}.{ORIGINAL_NAMES[suffix]}"
+                    key = original_name(name, prefix)
                     out[key] = t.to(torch.bfloat16) if kind == "activations" else t
                 torch.save(out, folder / f"{split}_{kind}.pt")
     return root

@@ -12,7 +12,7 @@ from pico_analyze.load import (
     SourceError,
 )
 from pico_analyze.sources import OriginalRun, PicoRun, open_source
-from pico_analyze.sources.original import canonical_name
+from pico_analyze.sources.original import canonical_name, original_name
 from pico_format import RunPaths
 from pico_format.modules import module_name
 from pico_format.modules import parse_module_name as parse_module
@@ -95,6 +95,16 @@ def test_pico_run_files_needed_are_only_the_requested_kinds(pico_run):
 )
 def test_original_module_names_map_to_ours(original, ours):
     assert canonical_name(original) == ours
+
+
+def test_original_name_inverts_canonical_name():
+    assert original_name("model.layers.11.mlp.down_proj") == "layers.11.swiglu.w_2"
+    assert (
+        original_name("model.layers.3.self_attn.v_proj", "_forward_module.module.")
+        == "_forward_module.module.layers.3.attention.v_proj"
+    )
+    with pytest.raises(ValueError, match="no name in the original"):
+        original_name("model.layers.2")  # the residual stream: the original never captured it
 
 
 def test_original_run_layout(original_run):

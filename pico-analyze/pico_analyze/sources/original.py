@@ -37,7 +37,7 @@ from pico_analyze.load import (
 )
 from pico_format import CAPTURE_KINDS as KINDS
 from pico_format.layout import parse_step_dirname
-from pico_format.modules import module_name
+from pico_format.modules import module_name, parse_module_name
 
 ORIGINAL_CONFIG = "training_config.yaml"
 ORIGINAL_CHECKPOINTS = "checkpoints"
@@ -66,6 +66,16 @@ def canonical_name(original: str) -> str | None:
         return None
     suffix = SUFFIXES.get(match.group(2), match.group(2))
     return module_name(int(match.group(1)), suffix)
+
+
+def original_name(name: str, prefix: str = "") -> str:
+    """The original pico-train key of one of our block module names (the inverse of
+    canonical_name), e.g. ``model.layers.3.mlp.down_proj`` -> ``{prefix}layers.3.swiglu.w_2``."""
+    parsed = parse_module_name(name)
+    theirs = {ours: original for original, ours in SUFFIXES.items()}
+    if parsed is None or parsed[1] not in theirs:
+        raise ValueError(f"'{name}' has no name in the original pico-train layout.")
+    return f"{prefix}layers.{parsed[0]}.{theirs[parsed[1]]}"
 
 
 def dynamics_file(split: str, kind: str) -> str:
