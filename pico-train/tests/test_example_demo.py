@@ -22,16 +22,20 @@ def test_demo_example_runs_end_to_end(tmp_path):
     ]
     args = [a for o in overrides for a in ("--set", o)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run(
-        [sys.executable, str(DEMO), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = proc.stdout
+
+    def demo() -> str:
+        proc = subprocess.run(
+            [sys.executable, str(DEMO), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=tmp_path,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stdout
+
+    out = demo()
     for line in (
         "first training loss",
         "last training loss",
@@ -44,14 +48,6 @@ def test_demo_example_runs_end_to_end(tmp_path):
     assert (tmp_path / "demo" / "analysis" / "results.csv").is_file()
     assert list((tmp_path / "demo" / "analysis" / "plots").glob("*.png"))
     assert "trained 6 steps" in out and "(checkpoints at steps [0, 3, 6])" in out
-    again = subprocess.run(  # a second `make demo`: nothing to train, the same checkpoints
-        [sys.executable, str(DEMO), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=tmp_path,
-    )
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "already trained" in again.stdout
-    assert "(checkpoints at steps [0, 3, 6])" in again.stdout
+    again = demo()  # a second `make demo`: nothing to train, the same checkpoints
+    assert "already trained" in again
+    assert "(checkpoints at steps [0, 3, 6])" in again
