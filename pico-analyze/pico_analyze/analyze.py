@@ -89,15 +89,18 @@ def _finish(
     steps = {s.name: sorted({r.step for r in rows if r.run == s.name}) for s in sources}
     pairs = layer_similarity(sources, steps, cfg, cross=cross)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tables = write_table(rows, out_dir)
-    layer_table = write_pairs(pairs, out_dir)
-    plots: list[Path] = []
+    drawing = None
     if cfg.plots:
         from pico_analyze import plots as plotting  # matplotlib (~0.4 s) only when drawing
 
         roots = {s.name: root for s in sources if (root := scores.run_root(s))}
         logs = {name: read_log(RunPaths(root).log) for name, root in roots.items()}
-        plots = plotting.plot_figures(rows, out_dir, cfg.figures, logs, pairs, compare=cross)
+        drawing = plotting.start_figures(rows, out_dir, cfg.figures, logs, pairs, compare=cross)
+    try:  # the tables are written while forked workers draw the figures
+        tables = write_table(rows, out_dir)
+        layer_table = write_pairs(pairs, out_dir)
+    finally:
+        plots: list[Path] = drawing.paths() if drawing else []
     config = config_to_dict(cfg)
     (out_dir / "config.yaml").write_text(dump_yaml(config))
     result = AnalysisResult(

@@ -11,6 +11,7 @@ can be drawn in any thread or process, with no display.
 
 from __future__ import annotations
 
+import gc
 import math
 import multiprocessing
 import os
@@ -191,21 +192,40 @@ def set_y_scale(ax, values) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
+def grid_cols(n: int, cols: int = MAX_COLS) -> int:
+    """Columns of the panel grid of :func:`figure` for `n` panels."""
+    return max(1, min(cols, n))
+
+
+def outer(i: int, n: int, cols: int = MAX_COLS) -> tuple[bool, bool]:
+    """(bottom, left): whether panel `i` of `n` (row-major grid of :func:`figure`) has no
+    panel below it, and whether it starts a row. Where every panel has the same axes, only
+    these carry tick labels and axis labels (every tick is an artist drawn per panel)."""
+    cols = grid_cols(n, cols)
+    return i + cols >= n, i % cols == 0
+
+
 def figure(
-    n: int, cols: int = MAX_COLS, w: float = PANEL_W, h: float = PANEL_H, legend_rows: int = 0
+    n: int,
+    cols: int = MAX_COLS,
+    w: float = PANEL_W,
+    h: float = PANEL_H,
+    legend_rows: int = 0,
+    colorbars: bool = False,
 ):
     """A figure with n panels on a grid; fixed margins (no constrained layout: one draw);
-    `legend_rows` reserves room below the panels for a figure legend."""
+    `legend_rows` reserves room below the panels for a figure legend; `colorbars` room right
+    of each panel for its colour bar (:func:`colorbar`)."""
     from matplotlib.figure import Figure
 
-    cols = max(1, min(cols, n))
+    cols = grid_cols(n, cols)
     rows = math.ceil(n / cols)
     below = 0.65 + 0.17 * legend_rows + (0.15 if legend_rows else 0)
     width, height = w * cols, h * rows + 0.15 + below
     fig = Figure(figsize=(width, height))
     fig.subplots_adjust(
         left=0.95 / width,
-        right=1 - 0.3 / width,
+        right=1 - (COLORBAR_ROOM if colorbars else 0.3) / width,
         bottom=below / height,
         top=1 - 0.8 / height,
         wspace=0.45,
@@ -214,10 +234,16 @@ def figure(
     axes = fig.subplots(rows, cols, squeeze=False).ravel().tolist()
     for ax in axes[n:]:
         ax.set_visible(False)
-    for ax in axes[:n]:
-        ax.tick_params(labelsize=7)
-        ax.grid(True, alpha=0.25, linewidth=0.5)
+    if not colorbars:  # heatmaps have no grid, and set their few tick labels' size themselves
+        for ax in axes[:n]:
+            line_panel(ax)
     return fig, axes[:n]
+
+
+def line_panel(ax) -> None:
+    """The style of a panel of lines: small tick labels, a faint grid."""
+    ax.tick_params(labelsize=7)
+    ax.grid(True, alpha=0.25, linewidth=0.5)
 
 
 def figure_legend(fig, ax, n_cols: int = 4) -> None:
@@ -231,11 +257,16 @@ def legend_rows(n_entries: int, n_cols: int = 4) -> int:
     return math.ceil(n_entries / n_cols)
 
 
+COLORBAR_ROOM = 1.0  # inches right of a heatmap panel: its colour bar, tick labels and label
+
+
 def colorbar(fig, image, ax, label: str, log: bool) -> None:
-    """A labelled colour bar with few ticks (each tick costs a text layout per draw)."""
+    """A labelled colour bar right of `ax`, in the margin :func:`figure` leaves with
+    `colorbars=True` (an inset of `ax`: the panel keeps its size, no layout is redone), with
+    few ticks (each tick costs a text layout per draw)."""
     from matplotlib.ticker import MaxNLocator
 
-    bar = fig.colorbar(image, ax=ax)
+    bar = fig.colorbar(image, cax=ax.inset_axes([1.04, 0.0, 0.05, 1.0]))
     bar.set_label(label, fontsize=7)
     if not log:
         bar.locator = MaxNLocator(4)
@@ -268,12 +299,25 @@ def save(fig: Figure, folder: Path, stem: str, opts: FiguresConfig) -> list[Path
 # ----------------------------------------------------------------------------------------------
 
 MAX_FIGURE_WORKERS, FIGURES_PER_WORKER = 4, 3
-_JOBS: list[tuple] = []  # the jobs of the current render(), inherited by forked workers
+_JOBS: list[tuple] = []  # the jobs of the current rendering, inherited by forked workers
+
+
+def _draw(fn, args) -> list[Path]:
+    """One figure job with the cyclic garbage collector paused, then one collection: a figure
+    is ~10^5 short-lived objects, and the collections they trigger (scanning every live object,
+    the table rows included) cost ~20% of the drawing. Collecting once after each job frees
+    the figure (its artists form reference cycles) before the next."""
+    gc.disable()
+    try:
+        return fn(*args)
+    finally:
+        gc.enable()
+        gc.collect()
 
 
 def _run_job(i: int) -> list[Path]:
     fn, args = _JOBS[i]
-    return fn(*args)
+    return _draw(fn, args)
 
 
 def figure_workers(n_jobs: int) -> int:
@@ -286,19 +330,48 @@ def figure_workers(n_jobs: int) -> int:
     return max(1, min(cores or 1, MAX_FIGURE_WORKERS, n_jobs // FIGURES_PER_WORKER))
 
 
+class Rendering:
+    """Figure jobs being drawn (see :func:`start`); :meth:`paths` waits for them."""
+
+    def __init__(self, jobs: list[tuple]):
+        global _JOBS
+        self._jobs, self._pool, self._futures = jobs, None, []
+        workers = figure_workers(len(jobs))
+        if workers <= 1:
+            return
+        # Imported before forking, so that no worker imports matplotlib itself (~0.3 s each).
+        import matplotlib.backends.backend_agg  # noqa: F401
+        import matplotlib.figure  # noqa: F401
+
+        _JOBS = jobs
+        gc.freeze()  # what exists now is never collected by the workers (nor copied on write)
+        try:
+            # fork: the workers inherit the rows in memory (nothing is pickled on the way in).
+            ctx = multiprocessing.get_context("fork")
+            self._pool = ProcessPoolExecutor(workers, mp_context=ctx)
+            self._futures = [self._pool.submit(_run_job, i) for i in range(len(jobs))]
+        finally:
+            gc.unfreeze()
+
+    def paths(self) -> list[Path]:
+        """Every job's paths, in job order (drawn here if no worker was started)."""
+        global _JOBS
+        if self._pool is None:
+            return [p for fn, args in self._jobs for p in _draw(fn, args)]
+        try:
+            return [p for fut in self._futures for p in fut.result()]
+        finally:
+            self._pool.shutdown()
+            _JOBS = []
+
+
+def start(jobs: list[tuple]) -> Rendering:
+    """Start figure jobs ``(fn, args) -> [paths]``: in forked processes when that helps (each
+    figure is its own ``Figure`` object: no shared pyplot state), so the caller can go on (e.g.
+    write the tables) while they draw; else they are drawn when their paths are asked for."""
+    return Rendering(jobs)
+
+
 def render(jobs: list[tuple]) -> list[Path]:
-    """Run figure jobs ``(fn, args) -> [paths]``; in forked processes when that helps (each
-    figure is its own ``Figure`` object: no shared pyplot state). Paths come back in job order."""
-    global _JOBS
-    workers = figure_workers(len(jobs))
-    if workers <= 1:
-        return [p for fn, args in jobs for p in fn(*args)]
-    _JOBS = jobs
-    try:
-        # fork: the workers inherit the rows in memory (nothing is pickled on the way in).
-        ctx = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-            results = list(pool.map(_run_job, range(len(jobs))))
-    finally:
-        _JOBS = []
-    return [p for paths in results for p in paths]
+    """Run figure jobs and return their paths, in job order (see :func:`start`)."""
+    return start(jobs).paths()

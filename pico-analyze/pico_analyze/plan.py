@@ -155,8 +155,8 @@ def worker_plan(requested: int, budget: int) -> tuple[int, int]:
 
 def auto_workers(n_steps: int, device: str) -> int:
     """Worker processes at most worth starting: 1 on a GPU or for fewer than 3 checkpoints; else
-    one per thread of the budget, each taking at least 2 checkpoints, at most 4 (the runner
-    starts them only if the first checkpoint took long enough to repay their start-up)."""
+    one per thread of the budget, each taking at least 2 checkpoints, at most 4 (forked at once
+    on Linux; spawned only if the first checkpoint took long enough to repay their start-up)."""
     if device != "cpu" or n_steps < 3:
         return 1
     return max(1, min(thread_budget(), n_steps // 2, 4))

@@ -106,10 +106,16 @@ def _layer_lines(
     ]
 
 
-def _heatmap(fig, ax, rows: list[Row], opts: FiguresConfig, label: str) -> None:
-    """Layer x checkpoint grid (columns are checkpoints in order, labelled by step/tokens)."""
-    xs = sorted({fs.x_of(r, opts) for r in rows})
-    layers = sorted({r.layer for r in rows})
+def _heatmap_axes(rows: list[Row], opts: FiguresConfig) -> tuple[list[float], list[int]]:
+    """The checkpoints (x values) and layers of a heatmap panel, ascending."""
+    return sorted({fs.x_of(r, opts) for r in rows}), sorted({r.layer for r in rows})
+
+
+def _heatmap(fig, ax, rows: list[Row], opts: FiguresConfig, label: str, outer=(True, True)) -> None:
+    """Layer x checkpoint grid (columns are checkpoints in order, labelled by step/tokens).
+    `outer` (bottom, left): whether this panel carries the x and y ticks and labels (False
+    where the panel below or to the left has the same axes and carries them)."""
+    xs, layers = _heatmap_axes(rows, opts)
     grid = np.full((len(layers), len(xs)), np.nan)
     for (layer, x), v in _series(rows, lambda r: (r.layer, fs.x_of(r, opts)), opts).items():
         grid[layers.index(layer), xs.index(x)] = next(iter(v.values()))
@@ -125,28 +131,50 @@ def _heatmap(fig, ax, rows: list[Row], opts: FiguresConfig, label: str) -> None:
         interpolation="nearest",
         norm=LogNorm() if log else None,
     )
-    stride = max(1, math.ceil(len(xs) / 8))
-    fmt = fs.count_text if opts.x_axis == "tokens" else (lambda x: str(int(x)))
-    ax.grid(False)
-    ax.set_xticks(range(0, len(xs), stride), [fmt(x) for x in xs[::stride]], fontsize=7)
-    ystride = max(1, math.ceil(len(layers) / 6))  # every tick is an artist: few of them
-    ax.set_yticks(range(0, len(layers), ystride), [str(x) for x in layers[::ystride]], fontsize=7)
-    ax.set_xlabel(f"checkpoint ({fs.x_label(opts)})", fontsize=8)
-    ax.set_ylabel("layer", fontsize=8)
+    bottom, left = outer
+    if bottom:
+        stride = max(1, math.ceil(len(xs) / 8))
+        fmt = fs.count_text if opts.x_axis == "tokens" else (lambda x: str(int(x)))
+        ax.set_xticks(range(0, len(xs), stride), [fmt(x) for x in xs[::stride]], fontsize=7)
+        ax.set_xlabel(f"checkpoint ({fs.x_label(opts)})", fontsize=8)
+    else:
+        ax.set_xticks([])
+    if left:
+        ystride = max(1, math.ceil(len(layers) / 6))  # every tick is an artist: few of them
+        ax.set_yticks(
+            range(0, len(layers), ystride), [str(x) for x in layers[::ystride]], fontsize=7
+        )
+        ax.set_ylabel("layer", fontsize=8)
+    else:
+        ax.set_yticks([])
     fs.colorbar(fig, image, ax, label, log)
+
+
+def _heatmap_panels(fig, axes, panels: list[list[Row]], opts: FiguresConfig, label: str) -> None:
+    """A heatmap per panel; when every panel has the same checkpoints and layers, only the
+    bottom panel of each column and the first of each row carry ticks and axis labels."""
+    shared = len({repr(_heatmap_axes(p, opts)) for p in panels}) == 1
+    for i, (ax, prows) in enumerate(zip(axes, panels)):
+        where = fs.outer(i, len(panels)) if shared else (True, True)
+        _heatmap(fig, ax, prows, opts, label, where)
 
 
 def _metric_figures(folder, label, lrows, opts, run_name: str | None) -> list[Path]:
     """One run's metric label, one figure: a panel per component/module/split showing one line
     per layer, or a layer x checkpoint heatmap when there are many layers."""
-    groups = _grouped(lrows)
+    groups = list(_grouped(lrows).values())
     name, ref = _y_label(lrows, opts), fs.reference_text(lrows)
     title = f"{name} {ref}".strip() + (f", run {run_name}" if run_name else "")
-    fig, axes = fs.figure(len(groups))
-    for ax, grows in zip(axes, groups.values()):
-        if len({r.layer for r in grows}) >= fs.HEATMAP_FROM_LAYERS:
+    heat = [len({r.layer for r in g}) >= fs.HEATMAP_FROM_LAYERS for g in groups]
+    fig, axes = fs.figure(len(groups), colorbars=any(heat))
+    if all(heat):
+        _heatmap_panels(fig, axes, groups, opts, name)
+    for ax, grows, is_heat in zip(axes, groups, heat):
+        if is_heat and not all(heat):
             _heatmap(fig, ax, grows, opts, name)
-        else:
+        elif not is_heat:
+            if any(heat):  # a figure made for heatmaps: style this panel of lines
+                fs.line_panel(ax)
             xs, ys = _layer_lines(ax, grows, opts)
             fs.set_x_scale(ax, xs, opts)
             fs.set_y_scale(ax, ys)
@@ -280,9 +308,10 @@ def _cross_figure(folder, label, lrows, pairs, opts) -> list[Path]:
         fig.suptitle(f"{name} {ref}".strip(), fontsize=10)
     else:
         panels = [(g, run) for g in groups for run in others]
-        fig, axes = fs.figure(len(panels))
+        fig, axes = fs.figure(len(panels), colorbars=True)
+        prows = [[r for r in groups[group] if r.run == run] for group, run in panels]
+        _heatmap_panels(fig, axes, prows, opts, name)
         for ax, (group, run) in zip(axes, panels):
-            _heatmap(fig, ax, [r for r in groups[group] if r.run == run], opts, name)
             title = f"run {run}: {fs.panel_title(groups[group][0])}"
             ax.set_title(title, fontsize=8, y=1.0, pad=4)
         fig.suptitle(f"{name} {ref}: layer x checkpoint", fontsize=10)
@@ -300,6 +329,20 @@ def plot_figures(
 ) -> list[Path]:
     """Every figure of one run's analysis, or of a comparison (`compare`: runs overlaid and the
     cross-run similarity figures), into a fresh OUT/plots; returns the files written."""
+    return start_figures(rows, out_dir, opts, logs, pairs, compare=compare).paths()
+
+
+def start_figures(
+    rows: list[Row],
+    out_dir: Path,
+    opts: FiguresConfig | None = None,
+    logs: dict[str, list[dict]] | None = None,
+    pairs: list | None = None,
+    *,
+    compare: bool = False,
+) -> fs.Rendering:
+    """:func:`plot_figures`, started: the figures are drawn in worker processes where that
+    helps while the caller goes on; the returned object's ``paths()`` waits for them."""
     opts = opts or FiguresConfig()
     pairs = pairs or []
     folder = fs.fresh_dir(out_dir)
@@ -318,7 +361,7 @@ def plot_figures(
         for label, lrows in _by_label([r for r in rows if fs.is_cross(r)]).items():
             jobs.append((_cross_figure, (folder, label, lrows, pairs, opts)))
     jobs += layer_matrix_jobs(pairs, folder, opts)
-    return fs.render(jobs)
+    return fs.start(jobs)
 
 
-__all__ = ["plot_figures", "per_step_rows"]
+__all__ = ["plot_figures", "start_figures", "per_step_rows"]

@@ -64,11 +64,10 @@ def plot_layer_matrices(pairs, folder: Path, opts: FiguresConfig) -> list[Path]:
 
 def _module_figure(module: str, panels, folder: Path, opts: FiguresConfig) -> list[Path]:
     """One module's matrices: a panel per run (within) and per other run (across)."""
-    fig, axes = fs.figure(len(panels), w=4.0, h=3.6)
+    fig, axes = fs.figure(len(panels), w=4.0, h=3.6, colorbars=True)
     debiased = "(debiased)" if panels[0][1][0].debiased else "(biased)"
     for ax, (title, ps) in zip(axes, panels):
         value, pval, rows, cols = _grid(ps)
-        ax.grid(False)
         image = ax.imshow(
             value,
             origin="lower",

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
@@ -388,6 +389,13 @@ def _run_job(job: Job, threads: int) -> ChunkResult:
 SPAWN_SECONDS = 3.0  # a spawned worker's start (imports torch) and its extra checkpoint loads
 
 
+def _forks(device: str) -> bool:
+    """Whether worker processes are forked: on Linux for the CPU (they start at once, inheriting
+    the imports; nothing is loaded yet when they are forked). Elsewhere they are spawned: CUDA
+    cannot be used in a forked child, and macOS/Windows do not fork safely."""
+    return device == "cpu" and sys.platform.startswith("linux")
+
+
 @contextmanager
 def _torch_threads(n: int):
     """Run the block with `n` torch intra-op threads, then restore the caller's setting."""
@@ -400,12 +408,13 @@ def _torch_threads(n: int):
 
 
 def _together(here: _Chunk, mine: list[int], others: list[list[int]], threads: int, bar):
-    """`here` analyses `mine` in this process while worker processes (spawned, `threads` torch
-    threads each) analyse the chunks `others`; returns every chunk's result."""
+    """`here` analyses `mine` in this process while worker processes (forked or spawned, see
+    :func:`_forks`; `threads` torch threads each) analyse the chunks `others`; returns every
+    chunk's result."""
     tick = lambda: bar.update(1)  # noqa: E731
     if not others:
         return [here.run(mine, on_step=tick)]
-    ctx = multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("fork" if _forks(here.job.device) else "spawn")
     with ProcessPoolExecutor(len(others), mp_context=ctx) as pool:
         futures = [pool.submit(_run_job, replace(here.job, steps=c), threads) for c in others]
         for fut, chunk in zip(futures, others):
@@ -428,9 +437,10 @@ def _execute(job: Job, requested: int | None, bar) -> list[ChunkResult]:
         with _torch_threads(threads):
             return _together(here, chunks[0], chunks[1:], threads, bar)
     k, threads = worker_plan(auto_workers(len(steps), job.device), budget)
-    if k == 1:
+    if k == 1 or _forks(job.device):  # a forked worker costs ~0.1 s: no need to time first
+        chunks = _split(steps, k)
         with _torch_threads(threads):
-            return _together(here, steps, [], threads, bar)
+            return _together(here, chunks[0], chunks[1:], threads, bar)
     with _torch_threads(threads):
         t0 = time.perf_counter()
         here.run(steps[:1], on_step=lambda: bar.update(1))
@@ -459,10 +469,11 @@ def run_analysis(
 
     Workers: a number runs that many processes (this one included) over contiguous chunks of
     steps, each with one torch thread, at most one per thread of the budget (torch's thread
-    count of this process, at most the available cores; see plan.worker_plan). Left automatic,
-    the first checkpoint is analysed here and timed; the others go to worker processes only
-    when the expected saving exceeds their start-up cost (else this process goes on, so every
-    checkpoint is loaded once).
+    count of this process, at most the available cores; see plan.worker_plan). Left automatic:
+    on Linux on the CPU, workers are forked at once (plan.auto_workers of them); elsewhere the
+    first checkpoint is analysed here and timed, and the others go to spawned worker processes
+    only when the expected saving exceeds their start-up cost (else this process goes on, so
+    every checkpoint is loaded once).
     """
     device = resolve_device(device or cfg.device)
     tasks = tasks_from(cfg.metrics, cfg)

@@ -275,3 +275,42 @@ def test_cli_figure_options(pico_run, tmp_path):
     bad = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "bad"), "--format", "jpg"])
     assert bad.exit_code != 0 and "figures.formats: 'jpg' is not one of png, pdf, svg" in bad.output
     assert len(bad.output.strip().splitlines()) == 1
+
+
+def test_heatmap_panels_share_outer_ticks_and_each_has_a_labelled_colour_bar():
+    """Panels with the same layers and checkpoints: ticks and axis labels on the bottom panel
+    of each column and the first of each row only; every panel keeps its own colour bar (its
+    own scale: components differ in magnitude), labelled with the metric."""
+    from pico_analyze import figure_style as fs
+    from pico_analyze import plots
+    from pico_analyze.config import FiguresConfig
+    from pico_analyze.table import Row
+
+    def panel(module: str, scale: float) -> list[Row]:
+        return [
+            Row("r", s, None, "simple", "weights", module, layer, None, "gini", "gini", None,
+                None, scale * (1 + layer + s / 100))
+            for s in (0, 100, 200)
+            for layer in range(8)
+        ]  # fmt: skip
+
+    panels = [panel(f"m{i}", 10.0**i) for i in range(4)]  # 3 columns: 3 + 1 panels
+    fig, axes = fs.figure(len(panels), colorbars=True)
+    plots._heatmap_panels(fig, axes, panels, FiguresConfig(), "Gini index")
+    ticks = [(len(ax.get_xticks()) > 0, len(ax.get_yticks()) > 0) for ax in axes]
+    # panel 0 has panel 3 below it; panels 1 and 2 have none; rows start at panels 0 and 3
+    assert ticks == [(False, True), (True, False), (True, False), (True, True)]
+    assert [ax.get_xlabel() != "" for ax in axes] == [False, True, True, True]
+    assert [ax.get_ylabel() for ax in axes] == ["layer", "", "", "layer"]
+    fig.draw_without_rendering()
+    for i, (ax, rows) in enumerate(zip(axes, panels)):
+        (bar,) = ax.child_axes  # the colour bar
+        assert bar.get_ylabel() == "Gini index"
+        low, high = ax.images[0].get_clim()  # its own scale
+        assert low == min(r.value for r in rows) and high == max(r.value for r in rows)
+        right = bar.get_tightbbox().x1  # with its tick labels and label
+        assert right < (axes[i + 1].bbox.x0 if i % 3 < 2 and i + 1 < 4 else fig.bbox.x1)
+    # different checkpoints in one panel: every panel labels its own axes
+    fig, axes = fs.figure(2, colorbars=True)
+    plots._heatmap_panels(fig, axes, [panels[0], panels[1][:16]], FiguresConfig(), "Gini index")
+    assert all(len(ax.get_xticks()) and len(ax.get_yticks()) for ax in axes)

@@ -144,7 +144,15 @@ def test_same_metric_with_different_settings_never_overwrites(pico_run, tmp_path
     assert {r.layer for r in rows} == {1} and {r.step for r in rows} == {0, 20}
 
 
-def test_shared_singular_values_and_workers_do_not_change_values(pico_run, tmp_path):
+@pytest.mark.parametrize("fork", [True, False], ids=["forked", "spawned"])
+def test_shared_singular_values_and_workers_do_not_change_values(
+    pico_run, tmp_path, monkeypatch, fork
+):
+    from pico_analyze import runner
+
+    if fork and not runner._forks("cpu"):
+        pytest.skip("workers are forked on Linux only")
+    monkeypatch.setattr(runner, "_forks", lambda device: fork)
     cfg = {
         **NO_PLOTS,
         "metrics": [
