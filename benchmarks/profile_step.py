@@ -19,6 +19,7 @@ import torch
 from pico_train import loss as L
 from pico_train.config import load_config
 from pico_train.model import PicoDecoder
+from pico_train.parallelize import _checkpoint_block
 
 
 def main() -> None:
@@ -27,6 +28,9 @@ def main() -> None:
     p.add_argument("--chunk-log2", type=int, default=None)
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--repeat", type=int, default=10)
+    p.add_argument(
+        "--checkpoint-blocks", type=int, default=0, help="recompute the first K blocks in backward"
+    )
     a = p.parse_args()
     if a.chunk_log2 is not None:
         L.CHUNK_ELEMENTS = 1 << a.chunk_log2
@@ -34,6 +38,8 @@ def main() -> None:
     device = torch.device("cuda")
     torch.manual_seed(0)
     model = PicoDecoder(config.model).to(device)
+    for block in model.model.layers[: a.checkpoint_blocks]:
+        _checkpoint_block(block)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     compiled = torch.compile(model)
     b, t = config.training.micro_batch_size, config.seq_len
@@ -48,7 +54,8 @@ def main() -> None:
     micro_batch()
     torch.cuda.synchronize()
     print(
-        f"{a.preset}: chunk 2^{L.CHUNK_ELEMENTS.bit_length() - 1}, first micro-batch "
+        f"{a.preset}: chunk 2^{L.CHUNK_ELEMENTS.bit_length() - 1}, "
+        f"{a.checkpoint_blocks} blocks checkpointed, first micro-batch "
         f"(compile) {time.perf_counter() - began:.1f} s"
     )
     for _ in range(3):

@@ -113,11 +113,13 @@ def rows_per_block(n: int, v: int) -> int:
 def _fp32_accumulate(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """acc + a @ b with acc fp32 and a, b possibly bf16/fp16.
 
-    On CUDA the product is added inside the matrix multiply in fp32 (cuBLAS, addmm's out_dtype),
-    so the (V, d) partial product is never written in bf16 and read back; elsewhere it is
-    computed in a's dtype and added in fp32.
+    Run eagerly on CUDA, the product is added inside the matrix multiply in fp32 (cuBLAS,
+    addmm's out_dtype), so the (V, d) partial product is never written in bf16 and read back.
+    Elsewhere, and under torch.compile (whose fake-tensor decomposition of addmm's out_dtype
+    overload fails in torch 2.11), it is computed in a's dtype and added in fp32.
     """
-    if a.dtype != acc.dtype and a.is_cuda and _ADDMM_OUT_DTYPE:
+    fused = _ADDMM_OUT_DTYPE and not torch.compiler.is_compiling()
+    if fused and a.dtype != acc.dtype and a.is_cuda:
         return torch.addmm(acc, a, b, out_dtype=torch.float32)
     return acc + (a @ b).float()
 

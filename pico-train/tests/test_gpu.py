@@ -141,7 +141,7 @@ def test_chunked_loss_under_bf16_autocast_on_cuda(fp32_addmm, monkeypatch):
         ours = L.next_token_loss(h, w, y)
     ref_grads = torch.autograd.grad(ref, (h, w))
     grads = torch.autograd.grad(ours, (h, w))
-    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=0)
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=0)  # bf16 logits, blocks vs whole
     for a, b in zip(grads, ref_grads):
         assert a.dtype == b.dtype == torch.float32
         torch.testing.assert_close(a, b, rtol=2e-2, atol=1e-6)
