@@ -1,6 +1,6 @@
 """Linear + cross-entropy implementations: time and peak memory of forward + backward.
 
-    python benchmarks/bench_loss.py [--rows 16384] [--repeat 10]
+    python benchmarks/bench_loss.py [--rows 16384] [--repeat 10] [--chunks 26 28]
 
 For the head shapes of the small, medium, large (d 384/768/1536, V 50304) and 1b (d 2048,
 V 151936) presets at one
@@ -30,14 +30,23 @@ SHAPES = {
 }
 
 
+DEFAULT_CHUNK_LOG2 = L.CHUNK_ELEMENTS.bit_length() - 1
+ADDMM = L._ADDMM_OUT_DTYPE
+
+
 def plain(h, w, y):
     return F.cross_entropy((h @ w.T).float(), y, reduction="sum")
 
 
-def ours(name, compiled=False):
+def ours(name, compiled=False, chunk_log2=None, fp32_addmm=True):
     def run(h, w, y):
         L.set_implementation(name, compile_chunks=compiled)
-        return L.next_token_loss(h, w, y, reduction="sum")
+        L.CHUNK_ELEMENTS = 1 << (chunk_log2 or DEFAULT_CHUNK_LOG2)
+        L._ADDMM_OUT_DTYPE = fp32_addmm and ADDMM
+        try:
+            return L.next_token_loss(h, w, y, reduction="sum")
+        finally:
+            L.CHUNK_ELEMENTS, L._ADDMM_OUT_DTYPE = 1 << DEFAULT_CHUNK_LOG2, ADDMM
 
     return run
 
@@ -72,13 +81,27 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=8 * 2048)
     p.add_argument("--repeat", type=int, default=10)
     p.add_argument("--shapes", nargs="*", default=list(SHAPES), choices=list(SHAPES))
+    p.add_argument(
+        "--chunks",
+        nargs="*",
+        type=int,
+        default=[],
+        help="also time the compiled blocks at these log2(loss.CHUNK_ELEMENTS) values",
+    )
     a = p.parse_args()
+    torch._dynamo.config.cache_size_limit = 64  # one compiled block per shape and variant
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     candidates = {
         "plain": plain,
         "chunked": ours("chunked"),
         "chunked+compile": ours("chunked", compiled=True),
     }
+    if ADDMM and torch.cuda.is_available():
+        candidates["chunked+compile, bf16 partial dW"] = ours(
+            "chunked", compiled=True, fp32_addmm=False
+        )
+    for log2 in a.chunks:
+        candidates[f"chunked+compile 2^{log2}"] = ours("chunked", compiled=True, chunk_log2=log2)
     for lib in ("liger", "cce"):
         if L.available(lib):
             candidates[lib] = ours(lib)
@@ -94,11 +117,11 @@ def main() -> None:
             try:
                 ms, peak, value = measure(fn, h, w, y, a.repeat, device)
             except Exception as err:  # a library that cannot run this shape is reported, not fatal
-                print(f"  {name:16s} failed: {type(err).__name__}: {str(err)[:200]}")
+                print(f"  {name:34s} failed: {type(err).__name__}: {str(err)[:200]}")
                 continue
             reference = value if reference is None else reference
             print(
-                f"  {name:16s} {ms:8.2f} ms  peak +{peak:6.2f} GiB  "
+                f"  {name:34s} {ms:8.2f} ms  peak +{peak:6.2f} GiB  "
                 f"loss rel. diff {abs(value - reference) / abs(reference):.2e}"
             )
     L.set_implementation("auto")

@@ -33,7 +33,10 @@ import importlib.util
 import torch
 
 IGNORE_INDEX = -100
-CHUNK_ELEMENTS = 1 << 26  # logits per block: 64M, i.e. 256 MiB in fp32
+# Logits per block (an upper bound): the rows are split into equal blocks of at most this many
+# logits. Larger blocks cost memory; smaller ones cost time, because every block also reads and
+# writes the (V, d) fp32 head-gradient accumulator (BENCHMARKS.md, "Loss implementations").
+CHUNK_ELEMENTS = 1 << 26
 IMPLEMENTATIONS = ("auto", "chunked", "liger", "cce")
 
 _state = {"impl": "auto", "compile": False}
@@ -101,21 +104,48 @@ def next_token_loss(
 # ----------------------------------------------------------------------------------------------
 
 
-def _block(h: torch.Tensor, w: torch.Tensor, y: torch.Tensor, ignore_index: int, grad: bool):
-    """One block: summed loss (fp32) and, if grad, dSum/dh (b, d) and dSum/dW (V, d) in fp32."""
+def rows_per_block(n: int, v: int) -> int:
+    """Rows per block: n rows split into the fewest equal blocks of <= CHUNK_ELEMENTS logits."""
+    blocks = max(1, -(-n * v // CHUNK_ELEMENTS))
+    return max(1, -(-n // blocks))
+
+
+def _fp32_accumulate(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """acc + a @ b with acc fp32 and a, b possibly bf16/fp16.
+
+    Run eagerly on CUDA, the product is added inside the matrix multiply in fp32 (cuBLAS,
+    addmm's out_dtype), so the (V, d) partial product is never written in bf16 and read back.
+    Elsewhere, and under torch.compile (whose fake-tensor decomposition of addmm's out_dtype
+    overload fails in torch 2.11), it is computed in a's dtype and added in fp32.
+    """
+    fused = _ADDMM_OUT_DTYPE and not torch.compiler.is_compiling()
+    if fused and a.dtype != acc.dtype and a.is_cuda:
+        return torch.addmm(acc, a, b, out_dtype=torch.float32)
+    return acc + (a @ b).float()
+
+
+_ADDMM_OUT_DTYPE = hasattr(torch.ops.aten.addmm, "dtype")  # addmm(..., out_dtype=): torch >= 2.8
+
+
+def _block(h, w, y, ignore_index: int, grad_w: torch.Tensor | None, grad_h: bool):
+    """One block: its summed loss (fp32); dSum/dh (b, d) in fp32 if grad_h; and, given the head
+    gradient so far (V, d, fp32), that plus this block's dSum/dW."""
     logits = (h @ w.T).float()  # (b, V): the only full-vocabulary tensor, one block of it
     valid = y != ignore_index  # (b,)
     safe = torch.where(valid, y, 0)
     lse = torch.logsumexp(logits, dim=-1)  # (b,)
     target_logit = logits.gather(1, safe[:, None]).squeeze(1)
     total = ((lse - target_logit) * valid).sum()
-    if not grad:
+    if grad_w is None and not grad_h:
         return total, None, None
     # d loss_i / d logits_i = softmax_i - onehot(y_i); zero for ignored rows.
     g = torch.exp(logits - lse[:, None])
     g.scatter_add_(1, safe[:, None], torch.full_like(target_logit[:, None], -1.0))
     g = (g * valid[:, None]).to(h.dtype)
-    return total, (g @ w).float(), (g.T @ h).float()
+    gh = (g @ w).float() if grad_h else None
+    if grad_w is not None:
+        grad_w = _fp32_accumulate(grad_w, g.T, h)
+    return total, gh, grad_w
 
 
 _compiled_block = None
@@ -135,20 +165,18 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h, w, y, ignore_index, compiled):
-        rows = max(1, CHUNK_ELEMENTS // w.shape[0])
-        grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        rows = rows_per_block(h.shape[0], w.shape[0])
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         step = _block_fn(compiled)
         total = torch.zeros((), dtype=torch.float32, device=h.device)
-        grad_h = torch.empty_like(h) if ctx.needs_input_grad[0] else None
-        grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device) if grad else None
+        grad_h = torch.empty_like(h) if need_h else None
+        grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device) if need_w else None
         for start in range(0, h.shape[0], rows):
             end = min(start + rows, h.shape[0])
-            part, gh, gw = step(h[start:end], w, y[start:end], ignore_index, grad)
+            part, gh, grad_w = step(h[start:end], w, y[start:end], ignore_index, grad_w, need_h)
             total += part
-            if grad_h is not None:
+            if need_h:
                 grad_h[start:end] = gh
-            if grad_w is not None:
-                grad_w += gw
         ctx.save_for_backward(grad_h, grad_w)
         ctx.w_dtype = w.dtype
         return total

@@ -122,6 +122,31 @@ def test_loss_implementations_match_plain_on_cuda(impl, monkeypatch):
         L.set_implementation("auto")
 
 
+@pytest.mark.parametrize("fp32_addmm", [True, False])
+def test_chunked_loss_under_bf16_autocast_on_cuda(fp32_addmm, monkeypatch):
+    """Under autocast the head gradient is summed over blocks in fp32 (inside cuBLAS with
+    addmm's out_dtype, or added after a bf16 product): both within bf16 rounding of the
+    materialised-logits reference."""
+    from pico_train import loss as L
+
+    monkeypatch.setattr(L, "CHUNK_ELEMENTS", 1 << 20)  # several blocks
+    monkeypatch.setattr(L, "_ADDMM_OUT_DTYPE", fp32_addmm and L._ADDMM_OUT_DTYPE)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    h = torch.randn(2000, 128, device="cuda", generator=g).requires_grad_()
+    w = (torch.randn(3000, 128, device="cuda", generator=g) * 0.1).requires_grad_()
+    y = torch.randint(0, 3000, (2000,), device="cuda", generator=g)
+    y[::5] = L.IGNORE_INDEX
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        ref = F.cross_entropy((h @ w.T).float(), y, ignore_index=L.IGNORE_INDEX)
+        ours = L.next_token_loss(h, w, y)
+    ref_grads = torch.autograd.grad(ref, (h, w))
+    grads = torch.autograd.grad(ours, (h, w))
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=0)  # bf16 logits, blocks vs whole
+    for a, b in zip(grads, ref_grads):
+        assert a.dtype == b.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------------------------
 # Two GPUs (NCCL): run on the lent 2-GPU machine
 # ----------------------------------------------------------------------------------------------

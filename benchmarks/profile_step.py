@@ -1,0 +1,98 @@
+"""Where one compiled training micro-batch spends its GPU time, per preset.
+
+    python benchmarks/profile_step.py --preset small [--chunk-log2 28] [--top 25]
+
+Builds the preset's model (default config: bf16 autocast, compiled), runs forward + backward of
+one micro-batch of random tokens (micro-batch x seq_len of the default config) and a fused AdamW
+step, then prints: milliseconds per micro-batch (forward + backward) and per optimizer step, the
+tokens/s and peak memory they imply, and torch.profiler's kernels by GPU time over two
+micro-batches. --chunk-log2 sets loss.CHUNK_ELEMENTS, to compare loss block sizes in the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from pico_train import loss as L
+from pico_train.config import load_config
+from pico_train.model import PicoDecoder
+from pico_train.parallelize import _checkpoint_block
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--preset", required=True)
+    p.add_argument("--chunk-log2", type=int, default=None)
+    p.add_argument("--top", type=int, default=25)
+    p.add_argument("--repeat", type=int, default=10)
+    p.add_argument(
+        "--checkpoint-blocks", type=int, default=0, help="recompute the first K blocks in backward"
+    )
+    a = p.parse_args()
+    if a.chunk_log2 is not None:
+        L.CHUNK_ELEMENTS = 1 << a.chunk_log2
+    config = load_config(None, [f"preset={a.preset}"])
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    model = PicoDecoder(config.model).to(device)
+    for block in model.model.layers[: a.checkpoint_blocks]:
+        _checkpoint_block(block)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    compiled = torch.compile(model)
+    b, t = config.training.micro_batch_size, config.seq_len
+    ids = torch.randint(0, config.model.vocab_size, (b, t + 1), device=device)
+
+    def micro_batch():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = compiled(ids[:, :-1], ids[:, 1:])
+        loss.backward()
+
+    began = time.perf_counter()
+    micro_batch()
+    torch.cuda.synchronize()
+    print(
+        f"{a.preset}: chunk 2^{L.CHUNK_ELEMENTS.bit_length() - 1}, "
+        f"{a.checkpoint_blocks} blocks checkpointed, first micro-batch "
+        f"(compile) {time.perf_counter() - began:.1f} s"
+    )
+    for _ in range(3):
+        micro_batch()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=False)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    began = time.perf_counter()
+    for _ in range(a.repeat):
+        micro_batch()
+    torch.cuda.synchronize()
+    ms = (time.perf_counter() - began) / a.repeat * 1e3
+    began = time.perf_counter()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=False)
+    torch.cuda.synchronize()
+    opt_ms = (time.perf_counter() - began) * 1e3
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    steps = config.training.global_batch_size // b
+    rate = b * t * steps / (steps * ms + opt_ms) * 1e3
+    print(
+        f"  {ms:.2f} ms per micro-batch, {opt_ms:.2f} ms per optimizer step: "
+        f"{rate / 1e3:.1f}k tokens/s at {steps} micro-batches per step; peak {peak:.2f} GiB"
+    )
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(2):
+            micro_batch()
+        torch.cuda.synchronize()
+    print(
+        prof.key_averages().table(
+            sort_by="self_cuda_time_total", row_limit=a.top, max_name_column_width=70
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
