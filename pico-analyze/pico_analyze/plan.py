@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -49,7 +49,8 @@ class RunPlan:
 
 @dataclass
 class Job:
-    """What one worker does: a contiguous chunk of steps for every run."""
+    """What one worker does: a contiguous chunk of steps, or every step of a chunk of layers
+    (each run's plan then lists only those layers and loads only their tensors)."""
 
     runs: list[RunPlan]
     steps: list[int]
@@ -64,6 +65,9 @@ class Job:
 @dataclass
 class ChunkResult:
     rows: list[Row] = field(default_factory=list)
+    # per row: where the runner made it (step, phase, run index, group, split, layer): one
+    # process's row order, so chunks of layers merge into it (see runner.run_analysis)
+    order: list[tuple] = field(default_factory=list)
     loads: list[tuple[str, int]] = field(default_factory=list)
     seconds_load: float = 0.0
     seconds_compute: float = 0.0
@@ -208,6 +212,23 @@ def plan_runs(sources: list[Source], cfg: AnalysisConfig, tasks: list[Task]) -> 
                 )
         plans.append(RunPlan(source, steps, layers, request_for(tasks, layers), available))
     return plans
+
+
+def layer_chunks(job: Job, n: int) -> list[Job]:
+    """`job` as `n` jobs over contiguous chunks of the layer ids (the same ids in every run, so
+    that cross-run comparisons of a layer stay in one chunk), every step each; fewer when there
+    are fewer layers. Each chunk loads only its layers' tensors."""
+    ids = sorted({layer for plan in job.runs for layer in plan.layers})
+    parts = [ids[i * len(ids) // n : (i + 1) * len(ids) // n] for i in range(n)]
+    tasks = job.tasks + job.cross_tasks
+    out = []
+    for part in (set(p) for p in parts if p):
+        runs = []
+        for plan in job.runs:
+            layers = [layer for layer in plan.layers if layer in part]
+            runs.append(replace(plan, layers=layers, request=request_for(tasks, layers)))
+        out.append(replace(job, runs=runs))
+    return out
 
 
 def with_references(plan: RunPlan, tasks: list[Task]) -> list[int]:

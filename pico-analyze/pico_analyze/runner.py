@@ -30,6 +30,7 @@ returns :class:`~pico_analyze.table.Row` objects for :mod:`pico_analyze.table`.
 
 from __future__ import annotations
 
+import gc
 import math
 import multiprocessing
 import sys
@@ -56,6 +57,7 @@ from pico_analyze.plan import (
     Job,
     Task,
     auto_workers,
+    layer_chunks,
     plan_runs,
     resolve_device,
     tasks_from,
@@ -179,6 +181,7 @@ class _Chunk:
         self.result = ChunkResult()
         self.svd = SharedSingularValues(job.share_svd)
         self.groups, self.cross_groups = _groups(job.tasks), _groups(job.cross_tasks)
+        self.cell: tuple = ()  # where the rows being made belong (see ChunkResult.order)
         self.cross_keys = {t.component.key for t in job.cross_tasks}
 
     def compared_later(self, r: int, step: int, key: str) -> bool:
@@ -224,6 +227,7 @@ class _Chunk:
     ) -> None:
         missing = isinstance(result, NotMeasurable)
         note = "; ".join(x for x in (warning, result.reason if missing else "") if x)
+        self.result.order.append(self.cell)
         self.result.rows.append(
             Row(
                 run=self.job.runs[r].source.name,
@@ -305,13 +309,18 @@ class _Chunk:
                 if tasks:
                     yield split, layer, tasks
 
-    def analyse(self, r: int, step: int, groups, layers: list[int], reference_of) -> None:
+    def analyse(
+        self, r: int, step: int, groups, layers: list[int], reference_of, phase: int = 0
+    ) -> None:
         """Run `r` at `step`: every task of `groups` at `layers`; a comparative task is compared
-        with ``reference_of(task)`` (a :class:`_Where`, or None when there is none yet)."""
+        with ``reference_of(task)`` (a :class:`_Where`, or None when there is none yet).
+        `phase`: 0 for a run's own tasks, 1 for the cross-run ones (for the row order)."""
         cur = self.state(r, step)
-        for group in groups:
+        for g, group in enumerate(groups):
             spec = group[0].component
+            splits = _ordered(s for t in group for s in t.splits)
             for split, layer, tasks in self.cells(group, layers):
+                self.cell = (step, phase, r, g, splits.index(split), layer)
                 values = cur.component(spec, split, layer)
                 wheres = {t: reference_of(t) for t in tasks if t.comparative}
                 if isinstance(values, NotMeasurable):
@@ -345,7 +354,8 @@ class _Chunk:
         for r, plan in enumerate(self.job.runs):
             if r != ref_r and step in plan.steps:
                 layers = [x for x in plan.layers if x in ref_plan.layers]
-                self.analyse(r, step, self.cross_groups, layers, lambda t: _Where(ref_r, step))
+                where = lambda t: _Where(ref_r, step)  # noqa: E731
+                self.analyse(r, step, self.cross_groups, layers, where, phase=1)
 
     def evict(self, step: int) -> None:
         """Keep only what later steps compare with: this step (previous) and fixed targets."""
@@ -407,22 +417,39 @@ def _torch_threads(n: int):
         torch.set_num_threads(before)
 
 
-def _together(here: _Chunk, mine: list[int], others: list[list[int]], threads: int, bar):
-    """`here` analyses `mine` in this process while worker processes (forked or spawned, see
-    :func:`_forks`; `threads` torch threads each) analyse the chunks `others`; returns every
-    chunk's result."""
+def _together(here: _Chunk, mine: list[int], others: list[Job], threads: int, bar):
+    """`here` analyses the steps `mine` of its job in this process while worker processes
+    (forked or spawned, see :func:`_forks`; `threads` torch threads each) analyse the jobs
+    `others`; returns every chunk's result. The bar counts this process's steps and each
+    worker's when it is done (a worker over a chunk of layers adds none: this process counts
+    every step of its own layers)."""
     tick = lambda: bar.update(1)  # noqa: E731
     if not others:
         return [here.run(mine, on_step=tick)]
     ctx = multiprocessing.get_context("fork" if _forks(here.job.device) else "spawn")
-    with ProcessPoolExecutor(len(others), mp_context=ctx) as pool:
-        futures = [pool.submit(_run_job, replace(here.job, steps=c), threads) for c in others]
-        for fut, chunk in zip(futures, others):
-            size = len(chunk)
+    gc.freeze()  # the workers never scan (nor copy on write) what exists now
+    try:
+        pool = ProcessPoolExecutor(len(others), mp_context=ctx)
+        futures = [pool.submit(_run_job, other, threads) for other in others]
+    finally:
+        gc.unfreeze()
+    with pool:
+        for fut, other in zip(futures, others):
+            size = 0 if other.steps == here.job.steps else len(other.steps)
             fut.add_done_callback(lambda _, n=size: bar.update(n))
         results = [here.run(mine, on_step=tick)]
         results += [fut.result() for fut in futures]
     return results
+
+
+def _chunks(job: Job, k: int) -> list[Job]:
+    """`job` in `k` chunks: of layers where workers are forked and there are enough layers
+    (every chunk then has the same work: the steps are few, e.g. 5 checkpoints on 2 cores would
+    split 3:2), else of contiguous steps."""
+    n_layers = len({layer for plan in job.runs for layer in plan.layers})
+    if k > 1 and _forks(job.device) and n_layers >= k:
+        return layer_chunks(job, k)
+    return [replace(job, steps=c) for c in _split(job.steps, k)]
 
 
 def _execute(job: Job, requested: int | None, bar) -> list[ChunkResult]:
@@ -430,24 +457,27 @@ def _execute(job: Job, requested: int | None, bar) -> list[ChunkResult]:
     processes x torch threads within the thread budget. This process always takes the first
     chunk, so with k workers there are k processes in all."""
     budget, steps = thread_budget(), job.steps
+    if requested is not None or _forks(job.device):  # a forked worker costs ~0.1 s
+        if requested is None:
+            requested = auto_workers(len(steps), job.device)
+        n_layers = len({layer for plan in job.runs for layer in plan.layers})
+        most = max(len(steps), n_layers if _forks(job.device) else 0)
+        k, threads = worker_plan(min(requested, most), budget)
+        chunks = _chunks(job, k)
+        with _torch_threads(threads):
+            return _together(_Chunk(chunks[0]), chunks[0].steps, chunks[1:], threads, bar)
     here = _Chunk(job)
-    if requested is not None:
-        k, threads = worker_plan(min(requested, len(steps)), budget)
-        chunks = _split(steps, k)
-        with _torch_threads(threads):
-            return _together(here, chunks[0], chunks[1:], threads, bar)
     k, threads = worker_plan(auto_workers(len(steps), job.device), budget)
-    if k == 1 or _forks(job.device):  # a forked worker costs ~0.1 s: no need to time first
-        chunks = _split(steps, k)
-        with _torch_threads(threads):
-            return _together(here, chunks[0], chunks[1:], threads, bar)
     with _torch_threads(threads):
+        if k == 1:
+            return _together(here, steps, [], threads, bar)
         t0 = time.perf_counter()
         here.run(steps[:1], on_step=lambda: bar.update(1))
         rest = steps[1:]
         saving = (time.perf_counter() - t0) * len(rest) * (1 - 1 / k)
         chunks = _split(rest, k) if saving > SPAWN_SECONDS * 2 else [rest]
-        return _together(here, chunks[0], chunks[1:], threads, bar)
+        others = [replace(job, steps=c) for c in chunks[1:]]
+        return _together(here, chunks[0], others, threads, bar)
 
 
 def _split(steps: list[int], n: int) -> list[list[int]]:
@@ -508,8 +538,13 @@ def run_analysis(
     total = ChunkResult()
     for res in results:
         total.rows += res.rows
+        total.order += res.order
         total.loads += res.loads
         total.seconds_load += res.seconds_load
         total.seconds_compute += res.seconds_compute
-    total.rows.sort(key=lambda r: (r.run, r.step))
+    # One process's order whatever the chunks: by run and step, then where in the step each
+    # row was made (a cell's rows come from one chunk, in order; the sort is stable).
+    pairs = sorted(zip(total.order, total.rows), key=lambda p: (p[1].run, p[1].step, p[0][1:]))
+    total.rows = [row for _, row in pairs]
+    total.order = [cell for cell, _ in pairs]
     return total.rows, total

@@ -91,10 +91,11 @@ def make_pico_run(
     seed: int = 0,
     splits=("train", "eval"),
     eval_seed: int = 1234,
+    layers: int = 2,
 ) -> Path:
     """A run directory in our format with the given checkpoint steps."""
     torch.manual_seed(seed)
-    model = PicoDecoder(tiny_config(d))
+    model = PicoDecoder(tiny_config(d, layers))
     run = RunPaths(root)
     write_run_info(
         run,

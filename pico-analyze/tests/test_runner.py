@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -171,6 +172,34 @@ def test_shared_singular_values_and_workers_do_not_change_values(
     assert [key(r) for r in a] == [key(r) for r in b]
     assert [r.value for r in a] == pytest.approx([r.value for r in b], rel=1e-12)
     assert len(shared.stats.loads) >= 3  # two chunks: the second also loads its previous step
+
+
+def test_chunks_of_layers_give_one_process_rows_in_its_order(pico_run, tmp_path, monkeypatch):
+    """Forked workers over chunks of layers (runs of different depth: a layer's cross-run
+    comparison stays in one chunk) give the rows of one process, in its order, equal."""
+    from pico_analyze import plan, runner
+
+    if not runner._forks("cpu"):
+        pytest.skip("chunks of layers are used where workers are forked (Linux)")
+    deep = make_pico_run(tmp_path / "deep", layers=3, seed=1)
+    ov = {"type": "ov_circuit", "kind": "weights", "heads": "both"}
+    cfg = {
+        **NO_PLOTS,
+        "metrics": [
+            {"metric": "cka", "components": [V_ACT], "target": "last"},
+            {"metric": "relative_weight_change", "components": [ov], "target": "previous"},
+            {"metric": "gini", "components": [ov, V_ACT]},
+        ],
+        "compare": {"metrics": [{"metric": "cka", "components": [V_ACT]}]},
+    }
+    one = compare_runs([pico_run, deep], cfg, tmp_path / "one", workers=1).rows
+    chunked = []
+    real = plan.layer_chunks
+    monkeypatch.setattr(runner, "layer_chunks", lambda job, k: chunked.append(k) or real(job, k))
+    two = compare_runs([pico_run, deep], cfg, tmp_path / "two", workers=2).rows
+    assert chunked == [2]
+    assert len(by(one, metric="cka@tiny")) == 3 * 2  # steps x the layers both runs have
+    assert [dataclasses.astuple(r) for r in two] == [dataclasses.astuple(r) for r in one]
 
 
 def test_original_layout_end_to_end(original_run, tmp_path):
