@@ -25,6 +25,7 @@ from torch.utils.checkpoint import checkpoint
 
 from pico_train.config import ModelConfig, RunConfig, TrainingConfig
 from pico_train.distributed import Dist
+from pico_train.loss import CHUNK_ELEMENTS
 from pico_train.model import PicoDecoder, parameter_counts
 
 # DDP while its estimate stays under this share of one device's memory (room for fragmentation,
@@ -79,7 +80,7 @@ def memory_per_gpu(
     backward, per token and layer, in bf16: the block input and norm outputs (3d), q/k/v and
     attention output (d + 2 kv + d), o_proj output (d), the MLP's gate, up, silu and product
     (4h), and fp32 residuals (4d words); with activation checkpointing only the block input
-    (fp32) plus one block's worth. The loss adds about 1 GiB (loss.CHUNK_ELEMENTS fp32 block
+    (fp32) plus one block's worth. The loss adds about 2 GiB (loss.CHUNK_ELEMENTS fp32 block
     and its gradient). An estimate: measured peaks are in BENCHMARKS.md.
     """
     counts = parameter_counts(shape)
@@ -96,7 +97,7 @@ def memory_per_gpu(
         activations = tokens * (4 * shape.d_model * shape.n_layers + per_token_layer)
     else:
         activations = tokens * per_token_layer * shape.n_layers
-    loss = 2 * 4 * (1 << 26) + 4 * shape.vocab_size * shape.d_model
+    loss = 2 * 4 * CHUNK_ELEMENTS + 4 * shape.vocab_size * shape.d_model
     ddp = 16 * n + activations + loss
     fsdp = 16 * n / n_gpus + 6 * (root + 2 * block) + activations + loss
     return {"ddp": float(ddp), "fsdp": float(fsdp)}

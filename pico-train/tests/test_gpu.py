@@ -144,7 +144,8 @@ def test_chunked_loss_under_bf16_autocast_on_cuda(fp32_addmm, monkeypatch):
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=0)  # bf16 logits, blocks vs whole
     for a, b in zip(grads, ref_grads):
         assert a.dtype == b.dtype == torch.float32
-        torch.testing.assert_close(a, b, rtol=2e-2, atol=1e-6)
+        # bf16 rounding of the largest terms: a tolerance on the gradient's scale
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=1e-2 * b.abs().max().item())
 
 
 # ----------------------------------------------------------------------------------------------
