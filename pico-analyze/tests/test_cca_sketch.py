@@ -43,6 +43,12 @@ def sketch_taken(x: torch.Tensor) -> bool:
 CASES = {
     # exactly low rank in float64 (as the heads-concatenated OV activations): the sketch is used
     "rank 20 of 600": (lambda: (low_rank(1500, 600, 20, 1), low_rank(1500, 600, 20, 2)), True),
+    # the tiny shape's per-head OV activations: 128 samples, 96 wide, rank 8 (sketch of 24)
+    "rank 8 of 96": (lambda: (low_rank(128, 96, 8, 14), low_rank(128, 96, 8, 15)), True),
+    "rank 30 of 96 (too close to a quarter)": (
+        lambda: (low_rank(128, 96, 30, 16), low_rank(128, 96, 8, 17)),
+        False,
+    ),
     "rank 100 of 1152 (wider sketch)": (
         lambda: (
             low_rank(1200, 1152, 100, 3),
@@ -97,5 +103,7 @@ def test_sketch_refuses_a_singular_value_at_the_threshold():
 
 
 def test_sketch_is_not_tried_on_narrow_inputs():
-    a = low_rank(500, 100, 5, 13)
+    a = low_rank(500, 63, 5, 13)  # below 64 wide the SVD is as cheap
     assert S._span_via_sketch(a - a.mean(0), 1e-12) is None
+    a = low_rank(500, 64, 5, 13)
+    assert S._span_via_sketch(a - a.mean(0), 1e-12) is not None
