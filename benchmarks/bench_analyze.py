@@ -8,8 +8,8 @@ given) of a pico-decoder shape (tiny: d_model 96, small: d_model 384; 12 heads, 
 4 d), 12 layers, 5 checkpoints, 128 sequences per split, in the original pico-train layout or in
 ours; then runs ``python -m pico_analyze.cli run RUN --config CFG`` as a child process and
 prints its wall time and the peak of the summed resident memory of the child and every process
-it starts (polled from /proc through psutil every 10 ms), and of the largest single process
-(getrusage of the children).
+it starts (polled from /proc every 10 ms: each task's children and statm files, or psutil
+where the kernel lacks them), and of the largest single process (getrusage of the children).
 
 Workloads:
 
@@ -80,26 +80,54 @@ def all_config() -> dict:
     return {"splits": ["eval"], "metrics": metrics}
 
 
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _tree_rss_proc(pid: int) -> int:
+    """Summed resident memory of `pid` and its descendants, from /proc (Linux: each task's
+    ``children`` file and ``statm``): ~0.02 ms a poll, where psutil's ``children()`` reads every
+    process of the machine (~0.45 ms, 4% of a core when polled every 10 ms)."""
+    total, stack = 0, [pid]
+    while stack:
+        p = stack.pop()
+        try:
+            with open(f"/proc/{p}/statm") as f:
+                total += int(f.read().split()[1]) * PAGE
+            for tid in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{tid}/children") as f:
+                    stack += [int(c) for c in f.read().split()]
+        except (OSError, ValueError):
+            pass  # the process ended meanwhile
+    return total
+
+
+def _tree_rss_psutil(pid: int) -> int:
+    total = 0
+    try:
+        root = psutil.Process(pid)
+        for p in [root, *root.children(recursive=True)]:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                pass
+    except psutil.Error:
+        pass
+    return total
+
+
 def measure(cmd: list[str], env: dict[str, str]) -> tuple[float, float, float, float, int]:
     """(wall seconds, CPU seconds of the tree, peak summed RSS of the tree in MB, peak
     single-process RSS in MB, return code)."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     before, cpu_before = usage.ru_maxrss, usage.ru_utime + usage.ru_stime
+    own = os.getpid()
+    fast = os.path.exists(f"/proc/{own}/task/{own}/children")
+    tree_rss = _tree_rss_proc if fast else _tree_rss_psutil
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    root = psutil.Process(proc.pid)
     peak = 0
     while proc.poll() is None:
-        total = 0
-        try:
-            for p in [root, *root.children(recursive=True)]:
-                try:
-                    total += p.memory_info().rss
-                except psutil.Error:
-                    pass
-        except psutil.Error:
-            pass
-        peak = max(peak, total)
+        peak = max(peak, tree_rss(proc.pid))
         time.sleep(0.01)
     wall = time.perf_counter() - t0
     output = proc.stdout.read().decode()
