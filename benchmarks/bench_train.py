@@ -97,7 +97,11 @@ def main() -> None:
     print(f"  steady training throughput: {rate:,.0f} tokens/s")
     print(
         f"  loss {result.first_loss:.3f} -> {result.last_loss:.3f}, held-out perplexity "
-        f"{result.eval.get('eval_perplexity', float('nan')):.2f}"
+        + (
+            f"{ppl:.2f}"
+            if (ppl := result.eval.get("eval_perplexity")) is not None
+            else "not measured"
+        )
     )
     if compile_s:
         print(f"  first step (torch.compile included): {compile_s[0]:.1f} s")

@@ -158,7 +158,9 @@ class TrainingConfig:
     eps: float = 1e-8
     weight_decay: float = 0.1  # never on norms and embeddings
     grad_clip: float = 1.0  # 0 disables clipping
-    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16 | fp8 (bf16 with float8 block
+    # projections through torchao, float8.py; GPUs of compute capability >= 8.9)
+    precision: str = "auto"
     compile: str = "auto"  # auto (compiled on CUDA, eager on CPU) | true | false
     # auto: DDP while model, gradients and optimizer state fit comfortably on one device, FSDP2
     # above (parallelize.choose_parallelism); ddp | fsdp force one. One process: neither.
@@ -480,12 +482,29 @@ def validate(config: RunConfig) -> None:
     validate_model(config.model)
     _validate_data(config)
     _validate_training(config.training)
+    if config.training.precision == "fp8":
+        _validate_float8_shape(config.model)
     _validate_checkpointing(config.checkpointing, config.training.max_steps)
     _require(config.evaluation.batch_size > 0, "evaluation.batch_size", "must be positive.")
     _validate_capture(config.capture)
     _require(config.logging.log_every > 0, "logging.log_every", "must be positive.")
     _require(
         config.distributed.timeout_s > 0, "distributed.timeout_s", "must be a positive number."
+    )
+
+
+def _validate_float8_shape(model: ModelConfig) -> None:
+    """Float8 matrix multiplies need every projection width to be a multiple of 16."""
+    widths = {
+        "model.d_model": model.d_model,
+        "model.mlp_hidden": model.mlp_hidden,
+        "model.n_kv_heads x head_dim": model.n_kv_heads * model.head_dim,
+    }
+    bad = [f"{name}={value}" for name, value in widths.items() if value % 16]
+    _require(
+        not bad,
+        "training.precision",
+        f"fp8 needs projection widths that are multiples of 16; {', '.join(bad)} is not.",
     )
 
 
@@ -545,9 +564,9 @@ def _validate_training(training: TrainingConfig) -> None:
         "eps must be positive; weight_decay and grad_clip non-negative.",
     )
     _require(
-        training.precision in ("auto", "fp32", "bf16"),
+        training.precision in ("auto", "fp32", "bf16", "fp8"),
         "training.precision",
-        f"'{training.precision}' is not one of auto, fp32, bf16.",
+        f"'{training.precision}' is not one of auto, fp32, bf16, fp8.",
     )
     training.compile = str(training.compile).lower()
     _require(

@@ -163,7 +163,8 @@ def _checkpoint_block(block: nn.Module) -> None:
 
 
 def parallelize(model: PicoDecoder, config: RunConfig, dist: Dist, bf16: bool) -> Parallel:
-    """Apply activation checkpointing, DDP or FSDP2 and compile, per the config.
+    """Apply float8 projections, activation checkpointing, DDP or FSDP2 and compile, per the
+    config.
 
     Call before building the optimizer: under FSDP2 the parameters become sharded DTensors.
     `bf16`: the run computes in bf16 (autocast); FSDP2 then gathers bf16 weights.
@@ -171,6 +172,10 @@ def parallelize(model: PicoDecoder, config: RunConfig, dist: Dist, bf16: bool) -
     training = config.training
     mode = choose_parallelism(config, dist.world_size, device_memory(dist.device))
     compiled = compile_enabled(training, dist.device)
+    if training.precision == "fp8":  # the device was checked (float8.float8_problem) by train
+        from pico_train import float8
+
+        float8.convert_blocks(model.model.layers)
     if training.activation_checkpointing:
         for block in model.model.layers:
             _checkpoint_block(block)

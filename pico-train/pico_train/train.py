@@ -27,6 +27,7 @@ from pico_train.checkpoint import CheckpointContents, load_training_state, write
 from pico_train.config import ConfigError, RunConfig, checkpoint_steps
 from pico_train.data import DataError, build_data
 from pico_train.evaluate import heldout_loss
+from pico_train.float8 import float8_problem
 from pico_train.lock import RunLock
 from pico_train.model import PicoDecoder
 from pico_train.monitor import Monitor, check_integrations, truncate_log
@@ -72,11 +73,11 @@ class TrainResult:
 
 
 def autocast_for(config: RunConfig, device: torch.device):
-    """bf16 autocast on CUDA (or when asked for), plain fp32 otherwise."""
+    """bf16 autocast on CUDA (or when asked for, and under fp8), plain fp32 otherwise."""
     precision = config.training.precision
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
-    if precision == "bf16":
+    if precision in ("bf16", "fp8"):
         return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext
 
@@ -135,6 +136,8 @@ class Trainer:
         )
         resume_step = plan.resume_step
         self.autocast = autocast_for(config, self.dist.device)
+        if config.training.precision == "fp8" and (problem := float8_problem(self.dist.device)):
+            raise TrainingError(problem)
         model = PicoDecoder(config.model).to(self.dist.device)
         if resume_step is not None:  # full weights, before any wrapping or sharding
             self._load_weights(model, resume_step)

@@ -96,10 +96,13 @@ def test_fsdp_on_two_ranks_equals_one_process_and_resumes_on_one(reference, tmp_
 
 
 @pytest.mark.slow
-def test_one_process_run_resumes_on_two_ddp_ranks(reference, tmp_path):
+@pytest.mark.parametrize("parallelism", ["ddp", "fsdp"])
+def test_one_process_run_resumes_on_two_ranks(reference, tmp_path, parallelism):
+    """With the test above (FSDP writes the one-process checkpoint), fsdp here also covers an
+    FSDP run resuming under FSDP: its checkpoint is this one."""
     run_dir = tmp_path / "grow"
     train(load_config(overrides=[*SETTINGS, f"run_dir={run_dir}", "training.max_steps=2"]))
-    _run(launch_command(2, ["train", *_cli_args(run_dir, "training.parallelism=ddp")]))
+    _run(launch_command(2, ["train", *_cli_args(run_dir, f"training.parallelism={parallelism}")]))
     torch.testing.assert_close(_losses(run_dir), _losses(reference), rtol=1e-5, atol=1e-6)
 
 
