@@ -11,7 +11,6 @@ can be drawn in any thread or process, with no display.
 
 from __future__ import annotations
 
-import gc
 import math
 import multiprocessing
 import os
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pico_analyze.config import FiguresConfig
+from pico_analyze.forking import collector_paused, frozen_objects
 from pico_analyze.table import Row
 
 if TYPE_CHECKING:
@@ -307,12 +307,8 @@ def _draw(fn, args) -> list[Path]:
     is ~10^5 short-lived objects, and the collections they trigger (scanning every live object,
     the table rows included) cost ~20% of the drawing. Collecting once after each job frees
     the figure (its artists form reference cycles) before the next."""
-    gc.disable()
-    try:
+    with collector_paused():
         return fn(*args)
-    finally:
-        gc.enable()
-        gc.collect()
 
 
 def _run_job(i: int) -> list[Path]:
@@ -344,14 +340,11 @@ class Rendering:
         import matplotlib.figure  # noqa: F401
 
         _JOBS = jobs
-        gc.freeze()  # what exists now is never collected by the workers (nor copied on write)
-        try:
+        with frozen_objects():  # never scanned by the workers (nor copied on write)
             # fork: the workers inherit the rows in memory (nothing is pickled on the way in).
             ctx = multiprocessing.get_context("fork")
             self._pool = ProcessPoolExecutor(workers, mp_context=ctx)
             self._futures = [self._pool.submit(_run_job, i) for i in range(len(jobs))]
-        finally:
-            gc.unfreeze()
 
     def paths(self) -> list[Path]:
         """Every job's paths, in job order (drawn here if no worker was started)."""

@@ -199,7 +199,7 @@ def plan_runs(sources: list[Source], cfg: AnalysisConfig, tasks: list[Task]) -> 
                 f"(available: {available})."
             )
         n_layers = source.shape().n_layers
-        layers = cfg.layers if cfg.layers is not None else list(range(n_layers))
+        layers = sorted(set(cfg.layers)) if cfg.layers is not None else list(range(n_layers))
         bad = [layer for layer in layers if not 0 <= layer < n_layers]
         if bad and len(sources) == 1:
             raise ConfigError(f"layers {bad} out of range: run '{source.name}' has {n_layers}.")

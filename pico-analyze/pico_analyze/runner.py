@@ -30,7 +30,6 @@ returns :class:`~pico_analyze.table.Row` objects for :mod:`pico_analyze.table`.
 
 from __future__ import annotations
 
-import gc
 import math
 import multiprocessing
 import sys
@@ -44,6 +43,7 @@ from tqdm.auto import tqdm
 
 from pico_analyze.components import ComponentSpec, ComponentValue, build
 from pico_analyze.config import AnalysisConfig, ConfigError
+from pico_analyze.forking import frozen_objects
 from pico_analyze.load import Checkpoint, MissingData, Source
 from pico_analyze.metrics import get_metric
 from pico_analyze.metrics.registry import MetricError
@@ -427,12 +427,9 @@ def _together(here: _Chunk, mine: list[int], others: list[Job], threads: int, ba
     if not others:
         return [here.run(mine, on_step=tick)]
     ctx = multiprocessing.get_context("fork" if _forks(here.job.device) else "spawn")
-    gc.freeze()  # the workers never scan (nor copy on write) what exists now
-    try:
+    with frozen_objects():  # the workers never scan (nor copy on write) what exists now
         pool = ProcessPoolExecutor(len(others), mp_context=ctx)
         futures = [pool.submit(_run_job, other, threads) for other in others]
-    finally:
-        gc.unfreeze()
     with pool:
         for fut, other in zip(futures, others):
             size = 0 if other.steps == here.job.steps else len(other.steps)

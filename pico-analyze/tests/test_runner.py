@@ -395,3 +395,31 @@ def test_worker_plan_never_oversubscribes_the_cores():
             workers, threads = worker_plan(requested, budget)
             assert 1 <= workers <= requested and workers * threads <= budget
             assert workers == min(requested, budget)
+
+
+def test_forking_helpers_leave_the_garbage_collector_as_they_found_it():
+    import gc
+
+    from pico_analyze.forking import collector_paused, frozen_objects
+
+    assert gc.get_freeze_count() == 0
+    with frozen_objects():
+        assert gc.get_freeze_count() > 0
+    assert gc.get_freeze_count() == 0
+    gc.freeze()  # frozen by the caller: stays frozen
+    try:
+        with frozen_objects():
+            pass
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+    with collector_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with collector_paused():
+            pass
+        assert not gc.isenabled()  # the caller's setting is kept
+    finally:
+        gc.enable()
