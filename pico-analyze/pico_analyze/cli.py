@@ -20,13 +20,22 @@ import logging
 import math
 import sys
 
-import click
+# The imports below load torch (~10^6 objects that live as long as the process): the garbage
+# collector is paused while they load, since its collections would only rescan them (~0.1 s).
+_COLLECTING = gc.isenabled()
+gc.disable()
+try:
+    import click
 
-from pico_analyze import __version__
-from pico_analyze.config import ConfigError
-from pico_analyze.load import SourceError
-from pico_format import RunFormatError
-from pico_format.command_line import OneLineErrors
+    from pico_analyze import __version__
+    from pico_analyze.config import ConfigError
+    from pico_analyze.forking import frozen_objects
+    from pico_analyze.load import SourceError
+    from pico_format import RunFormatError
+    from pico_format.command_line import OneLineErrors
+finally:
+    if _COLLECTING:
+        gc.enable()
 
 _COMMON = [
     click.option(
@@ -148,17 +157,18 @@ def run(
     from pico_analyze.analyze import analyze_run
 
     try:
-        result = analyze_run(
-            run_dir,
-            config,
-            out,
-            device=device,
-            workers=workers,
-            force_train_split=force_train_split,
-            progress=False if no_progress else None,
-            revision=revision,
-            figures=_figures(formats, dpi, x_axis),
-        )
+        with frozen_objects():  # torch and the analysis modules: out of every collection
+            result = analyze_run(
+                run_dir,
+                config,
+                out,
+                device=device,
+                workers=workers,
+                force_train_split=force_train_split,
+                progress=False if no_progress else None,
+                revision=revision,
+                figures=_figures(formats, dpi, x_axis),
+            )
     except (ConfigError, SourceError, RunFormatError, ValueError) as err:
         _fail(err)
     _finish(result)
@@ -184,16 +194,17 @@ def compare(
     if len(runs) < 2:
         _fail(ValueError("compare needs at least two runs."))
     try:
-        result = compare_runs(
-            list(runs),
-            config,
-            out,
-            device=device,
-            workers=workers,
-            force_train_split=force_train_split,
-            progress=False if no_progress else None,
-            figures=_figures(formats, dpi, x_axis),
-        )
+        with frozen_objects():  # torch and the analysis modules: out of every collection
+            result = compare_runs(
+                list(runs),
+                config,
+                out,
+                device=device,
+                workers=workers,
+                force_train_split=force_train_split,
+                progress=False if no_progress else None,
+                figures=_figures(formats, dpi, x_axis),
+            )
     except (ConfigError, SourceError, RunFormatError, ValueError) as err:
         _fail(err)
     _finish(result)
