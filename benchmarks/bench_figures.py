@@ -36,6 +36,7 @@ from pico_analyze import figure_style, plots, report_document  # noqa: E402
 from pico_analyze.analyze import analyze_run, compare_runs  # noqa: E402
 from pico_analyze.config import FiguresConfig, load_config  # noqa: E402
 from pico_analyze.layer_similarity import layer_similarity  # noqa: E402
+from pico_analyze.plan import torch_threads  # noqa: E402
 from pico_analyze.sources import open_source  # noqa: E402
 from pico_format import RunPaths, read_log  # noqa: E402
 
@@ -84,10 +85,12 @@ def main() -> None:
         result = analyse(roots if args.compare else roots[0], cfg, out)
         sources = [open_source(r) for r in roots]
         ls_cfg = load_config({**cfg, "layer_similarity": {"enabled": True}})
-        wall, cpu, pairs = _timed(
-            lambda: layer_similarity(sources, result.steps, ls_cfg, cross=args.compare),
-            args.repeat,
-        )
+
+        def pairs_one_thread():  # as the analysis runs it (analyze.py)
+            with torch_threads():
+                return layer_similarity(sources, result.steps, ls_cfg, cross=args.compare)
+
+        wall, cpu, pairs = _timed(pairs_one_thread, args.repeat)
         print(
             f"{' vs '.join(shapes)}: {args.layers} layers, {args.checkpoints} checkpoints, "
             f"{args.rows} sequences; {len(result.rows)} values; load average "

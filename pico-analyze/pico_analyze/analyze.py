@@ -23,6 +23,7 @@ from pico_analyze import report, report_document, scores
 from pico_analyze.config import AnalysisConfig, config_to_dict, figures_from, load_config
 from pico_analyze.layer_similarity import layer_similarity, write_pairs
 from pico_analyze.load import Source
+from pico_analyze.plan import torch_threads
 from pico_analyze.preflight import compare_warnings
 from pico_analyze.result import AnalysisResult
 from pico_analyze.runner import run_analysis
@@ -87,7 +88,8 @@ def _finish(
     for line in score_notes:
         log.info("%s", line)
     steps = {s.name: sorted({r.step for r in rows if r.run == s.name}) for s in sources}
-    pairs = layer_similarity(sources, steps, cfg, cross=cross)
+    with torch_threads():  # many small products, like the metrics: one thread (plan.py)
+        pairs = layer_similarity(sources, steps, cfg, cross=cross)
     out_dir.mkdir(parents=True, exist_ok=True)
     drawing = None
     if cfg.plots:

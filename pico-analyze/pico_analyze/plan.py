@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -155,6 +156,18 @@ def worker_plan(requested: int, budget: int) -> tuple[int, int]:
             workers,
         )
     return workers, 1
+
+
+@contextmanager
+def torch_threads(n: int = 1):
+    """Run the block with `n` torch intra-op threads (default one: see :func:`worker_plan`),
+    then restore the caller's setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def auto_workers(n_steps: int, device: str) -> int:

@@ -35,7 +35,6 @@ import multiprocessing
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import torch
@@ -62,6 +61,7 @@ from pico_analyze.plan import (
     resolve_device,
     tasks_from,
     thread_budget,
+    torch_threads,
     with_references,
     worker_plan,
 )
@@ -406,17 +406,6 @@ def _forks(device: str) -> bool:
     return device == "cpu" and sys.platform.startswith("linux")
 
 
-@contextmanager
-def _torch_threads(n: int):
-    """Run the block with `n` torch intra-op threads, then restore the caller's setting."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _together(here: _Chunk, mine: list[int], others: list[Job], threads: int, bar):
     """`here` analyses the steps `mine` of its job in this process while worker processes
     (forked or spawned, see :func:`_forks`; `threads` torch threads each) analyse the jobs
@@ -461,11 +450,11 @@ def _execute(job: Job, requested: int | None, bar) -> list[ChunkResult]:
         most = max(len(steps), n_layers if _forks(job.device) else 0)
         k, threads = worker_plan(min(requested, most), budget)
         chunks = _chunks(job, k)
-        with _torch_threads(threads):
+        with torch_threads(threads):
             return _together(_Chunk(chunks[0]), chunks[0].steps, chunks[1:], threads, bar)
     here = _Chunk(job)
     k, threads = worker_plan(auto_workers(len(steps), job.device), budget)
-    with _torch_threads(threads):
+    with torch_threads(threads):
         if k == 1:
             return _together(here, steps, [], threads, bar)
         t0 = time.perf_counter()
