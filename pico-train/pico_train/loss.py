@@ -91,8 +91,15 @@ def next_token_loss(
         elif impl == "cce":
             total = _cce_sum(h, head_weight.to(h.dtype), y, ignore_index)
         else:
+            grad = torch.is_grad_enabled()
             total = _ChunkedLinearCrossEntropy.apply(
-                h, head_weight, y, ignore_index, _state["compile"]
+                h,
+                head_weight,
+                y,
+                ignore_index,
+                _state["compile"],
+                grad and h.requires_grad,
+                grad and head_weight.requires_grad,
             )
     if reduction == "sum":
         return total
@@ -169,21 +176,23 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, h, weight, y, ignore_index, compiled):
+    def forward(ctx, h, weight, y, ignore_index, compiled, need_h, need_w):
+        # Purely functional (no in-place writes into buffers that are then saved): torch 2.11's
+        # compiled graph saved such a buffer as it was before the writes, so every gradient
+        # was zero on the GPU (BENCHMARKS.md, "Loss implementations"). need_h/need_w come from
+        # the caller, not ctx.needs_input_grad, for the same reason.
         w = weight.to(h.dtype)
         rows = rows_per_block(h.shape[0], w.shape[0])
-        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         step = _block_fn(compiled)
-        total = torch.zeros((), dtype=torch.float32, device=h.device)
-        grad_h = torch.empty_like(h) if need_h else None
+        total, pieces = None, []
         grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device) if need_w else None
         for start in range(0, h.shape[0], rows):
             end = min(start + rows, h.shape[0])
             part, gh, grad_w = step(h[start:end], w, y[start:end], ignore_index, grad_w, need_h)
-            total += part
+            total = part if total is None else total + part
             if need_h:
-                grad_h[start:end] = gh
-        ctx.save_for_backward(grad_h, grad_w)
+                pieces.append(gh.to(h.dtype))
+        ctx.save_for_backward(torch.cat(pieces) if need_h else None, grad_w)
         ctx.w_dtype = weight.dtype
         return total
 
@@ -192,7 +201,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         grad_h, grad_w = ctx.saved_tensors
         dh = grad_h * grad_total.to(grad_h.dtype) if grad_h is not None else None
         dw = (grad_w * grad_total).to(ctx.w_dtype) if grad_w is not None else None
-        return dh, dw, None, None, None
+        return dh, dw, None, None, None, None, None
 
 
 # ----------------------------------------------------------------------------------------------
