@@ -22,6 +22,7 @@ from pico_format import (
     list_checkpoints,
     read_json,
 )
+from pico_format.benchmarks import benchmark_rows, read_benchmarks
 from pico_format.command_line import OneLineErrors
 from pico_format.yaml_file import dump_yaml
 from pico_train import __version__
@@ -116,6 +117,15 @@ def describe_run(run: RunPaths) -> str:
             if "eval_loss" in ev:
                 parts.append(f"eval loss {ev['eval_loss']:.4f} ppl {ev['eval_perplexity']:.2f}")
         lines.append(f"  step {step}: " + ", ".join(parts))
+        benchmarks = read_benchmarks(ckpt)
+        if benchmarks is not None:
+            scores = [
+                f"{r['task']} {r['metric']} {r['value']:.3f}"
+                + (f" +- {r['stderr']:.3f}" if r["stderr"] is not None else "")
+                for r in benchmark_rows(benchmarks)
+            ]
+            limit = f", limit {benchmarks['limit']}" if benchmarks["limit"] is not None else ""
+            lines.append(f"    benchmarks ({benchmarks['harness']}{limit}): " + "; ".join(scores))
         for split in capture_splits(ckpt):
             manifest = CaptureReader(ckpt, split).manifest
             kinds = ", ".join(f"{k} {len(v)}" for k, v in manifest.tensors.items())

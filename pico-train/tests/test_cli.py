@@ -4,6 +4,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from pico_format import RunPaths
+from pico_format.benchmarks import write_benchmarks
 from pico_train.checkpoint import save_model_files
 from pico_train.cli import main
 from pico_train.model import PicoDecoder
@@ -75,6 +77,23 @@ def test_info_run_lists_checkpoint_contents(tmp_path):
     assert "1 checkpoints, latest step 2" in out
     assert "capture eval: 4 sequences x 32 tokens, positions last, 6 modules" in out
     assert "capture train" in out
+    assert "benchmarks" not in out
+    scores = {"acc": 0.25, "acc_stderr": 0.04, "acc_norm": 0.5}
+    write_benchmarks(
+        RunPaths(result.run_dir).checkpoint(2),
+        {
+            "step": 2,
+            "harness": "lm-eval",
+            "harness_version": "0.4.13",
+            "limit": 100,
+            "tasks": {"arc_easy": {"version": 1.0, "n_shot": 0, "metrics": scores}},
+        },
+    )
+    out = invoke("info", result.run_dir).output
+    assert (
+        "benchmarks (lm-eval, limit 100): arc_easy acc 0.250 +- 0.040; arc_easy acc_norm 0.500"
+        in out
+    )
     gen = invoke("generate", result.run_dir, "--prompt", "KING:", "--max-new-tokens", "5")
     assert gen.exit_code == 0 and gen.output.startswith("KING:")  # a run dir: its latest step
 

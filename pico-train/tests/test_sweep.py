@@ -53,6 +53,14 @@ def test_plan_puts_runs_side_by_side_with_one_schedule(tmp_path):
     assert default.run_dirs[0].as_posix() == "runs/sweep/demo-w32"
 
 
+def test_a_note_shared_by_the_runs_is_printed_once(tmp_path, capsys):
+    late = [*DATA, "checkpointing.steps=[0,1,99]", f"run_dir={tmp_path / 'sw'}"]
+    plan_sweep(None, "demo-w32,demo-w64,demo", late)
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
+    assert sum("checkpointing.steps [99]" in n for n in notes) == 1
+    assert len(notes) == len(set(notes))
+
+
 @pytest.mark.slow
 def test_sweep_trains_every_preset_on_the_same_batches(tmp_path):
     root = tmp_path / "sw"
