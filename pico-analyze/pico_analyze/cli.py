@@ -53,7 +53,7 @@ _COMMON = [
         "--workers",
         type=int,
         default=None,
-        help="Worker processes over checkpoints (default: chosen from cores/steps).",
+        help="Worker processes (default: chosen from cores and checkpoints).",
     ),
     click.option(
         "--force-train-split",
