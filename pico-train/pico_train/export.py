@@ -18,15 +18,13 @@ replaced only by a complete export.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
-from pico_format import CheckpointPaths, RunFormatError, write_json_atomic
+from pico_format import CheckpointPaths, RunFormatError, folder_transaction, write_json_atomic
 from pico_format.layout import GENERATION_CONFIG, MODEL_CONFIG, MODEL_WEIGHTS
 from pico_train.checkpoint import (
     checkpoint_step,
@@ -124,65 +122,53 @@ def export_checkpoint(
             check_gguf_exportable(model.config, tokenizer, gguf)
     except (RunFormatError, GGUFExportError) as err:
         raise ExportError(str(err)) from None
-    shape = model.config
-    state = {k: v.detach().to(DTYPES[dtype]).contiguous() for k, v in model.state_dict().items()}
     run = run_of(ckpt)
-    name = run.root.name if run is not None else ckpt.root.name
-    step = checkpoint_step(ckpt)
-    result = ExportResult(out=out, step=step, dtype=dtype)
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        ids = special_token_ids(tokenizer)
-        config = hf_config(shape, **ids)
-        config["torch_dtype"] = config["dtype"] = _DTYPE_NAMES[dtype]
-        folder = CheckpointPaths(tmp)  # an export is a model folder: the same file names
-        write_json_atomic(folder.model_config, config)
-        generation = {k: v for k, v in ids.items() if v is not None}
-        write_json_atomic(folder.generation_config, {**generation, "do_sample": False})
-        result.files = [MODEL_CONFIG, GENERATION_CONFIG]
-        log(f"writing {dtype} safetensors")
-        result.files += _write_weights(tmp, state, max_shard_size)
-        if tokenizer is not None:
-            save_tokenizer(tokenizer, tmp)
-            result.files += sorted(p.name for p in tmp.glob("tokenizer*") if p.is_file())
-        gguf_name = None
-        if gguf is not None:
-            gguf_name = f"{name}{'' if step is None else f'-step{step}'}-{gguf}.gguf"
-            log(f"writing {gguf_name}")
-            full = {k: v.detach() for k, v in model.state_dict().items()}
-            write_gguf(tmp / gguf_name, full, shape, tokenizer, gguf, name=name, progress=progress)
-            result.files.append(gguf_name)
-        card = render_model_card(
-            ckpt,
-            run,
-            dtype=dtype,
-            files=result.files,
-            gguf_file=gguf_name,
-            tokenizer_size=None if tokenizer is None else len(tokenizer),
+    result = ExportResult(out=out, step=checkpoint_step(ckpt), dtype=dtype)
+    with folder_transaction(out) as tmp:
+        gguf_name = _write_export(
+            tmp, ckpt, run, model, tokenizer, result, gguf, max_shard_size, progress, log
         )
-        (tmp / "README.md").write_text(card)
-        result.files.append("README.md")
-        _publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     result.gguf = out / gguf_name if gguf_name else None
     return result
 
 
-def _publish(tmp: Path, out: Path) -> None:
-    """Rename the complete export into place (replacing an old `out` only now)."""
-    if out.exists():
-        old = out.parent / f".old-{out.name}-{os.getpid()}"
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
+def _write_export(tmp, ckpt, run, model, tokenizer, result, gguf, max_shard_size, progress, log):
+    """Fill the export folder `tmp`; record its files in `result`; return the GGUF's name."""
+    shape, dtype, step = model.config, result.dtype, result.step
+    name = run.root.name if run is not None else ckpt.root.name
+    ids = special_token_ids(tokenizer)
+    config = hf_config(shape, **ids)
+    config["torch_dtype"] = config["dtype"] = _DTYPE_NAMES[dtype]
+    folder = CheckpointPaths(tmp)  # an export is a model folder: the same file names
+    write_json_atomic(folder.model_config, config)
+    generation = {k: v for k, v in ids.items() if v is not None}
+    write_json_atomic(folder.generation_config, {**generation, "do_sample": False})
+    result.files = [MODEL_CONFIG, GENERATION_CONFIG]
+    log(f"writing {dtype} safetensors")
+    state = {k: v.detach().to(DTYPES[dtype]).contiguous() for k, v in model.state_dict().items()}
+    result.files += _write_weights(tmp, state, max_shard_size)
+    del state
+    if tokenizer is not None:
+        save_tokenizer(tokenizer, tmp)
+        result.files += sorted(p.name for p in tmp.glob("tokenizer*") if p.is_file())
+    gguf_name = None
+    if gguf is not None:
+        gguf_name = f"{name}{'' if step is None else f'-step{step}'}-{gguf}.gguf"
+        log(f"writing {gguf_name}")
+        full = {k: v.detach() for k, v in model.state_dict().items()}
+        write_gguf(tmp / gguf_name, full, shape, tokenizer, gguf, name=name, progress=progress)
+        result.files.append(gguf_name)
+    card = render_model_card(
+        ckpt,
+        run,
+        dtype=dtype,
+        files=result.files,
+        gguf_file=gguf_name,
+        tokenizer_size=None if tokenizer is None else len(tokenizer),
+    )
+    (tmp / "README.md").write_text(card)
+    result.files.append("README.md")
+    return gguf_name
 
 
 def weights_files(folder: str | Path) -> list[str]:

@@ -186,12 +186,9 @@ def checkpoint_transaction(run: RunPaths, step: int) -> Iterator[CheckpointPaths
             },
         )
         _fsync_dir(tmp.root)
-        if final.root.exists():
-            stale = run.checkpoints / f"{TMP_PREFIX}stale-{final.root.name}"
-            shutil.rmtree(stale, ignore_errors=True)
-            os.replace(final.root, stale)
-            shutil.rmtree(stale)
-        os.replace(tmp.root, final.root)
+        replace_folder(
+            tmp.root, final.root, run.checkpoints / f"{TMP_PREFIX}stale-{final.root.name}"
+        )
         _fsync_dir(run.checkpoints)
         write_json_atomic(run.latest, {"step": step, "path": f"{CHECKPOINTS}/{final.root.name}"})
     except Exception as err:
@@ -199,6 +196,35 @@ def checkpoint_transaction(run: RunPaths, step: int) -> Iterator[CheckpointPaths
         _raise_disk_error(err, f"checkpoint step {step}")
     except BaseException:
         shutil.rmtree(tmp.root, ignore_errors=True)
+        raise
+
+
+def replace_folder(tmp: Path, final: Path, stale: Path) -> None:
+    """Rename the complete folder `tmp` to `final`. An existing `final` is first renamed to
+    `stale` and deleted only once `tmp` is in place, so a crash leaves one of the two whole."""
+    if not final.exists():
+        os.replace(tmp, final)
+        return
+    shutil.rmtree(stale, ignore_errors=True)
+    os.replace(final, stale)
+    os.replace(tmp, final)
+    shutil.rmtree(stale, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def folder_transaction(final: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary folder beside `final`; on success it replaces `final` whole
+    (replace_folder), on any error it is removed and `final` is untouched."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f"{TMP_PREFIX}{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        replace_folder(tmp, final, final.parent / f"{TMP_PREFIX}old-{final.name}-{os.getpid()}")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

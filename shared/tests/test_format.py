@@ -15,6 +15,7 @@ from pico_format import (
     capture_splits,
     checkpoint_transaction,
     clean_temporary,
+    folder_transaction,
     latest_step,
     list_checkpoints,
     module_name,
@@ -75,6 +76,25 @@ def test_stale_final_folder_is_replaced(tmp_path):
         with checkpoint_transaction(run, 5) as ckpt:
             _fill(ckpt, text)
     assert (run.checkpoint(5).root / "model.safetensors").read_text() == "new"
+
+
+def test_folder_transaction_replaces_whole_or_not_at_all(tmp_path):
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError):
+        with folder_transaction(out) as tmp:
+            (tmp / "new.txt").write_text("half")
+            raise RuntimeError("writer failed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # no temporary left
+    assert [p.name for p in out.iterdir()] == ["old.txt"]
+    with folder_transaction(out) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert [p.name for p in out.iterdir()] == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+    with folder_transaction(tmp_path / "fresh" / "deeper") as tmp:
+        (tmp / "a").write_text("a")
+    assert (tmp_path / "fresh" / "deeper" / "a").read_text() == "a"
 
 
 def test_pointer_to_missing_checkpoint_is_an_error(tmp_path):
