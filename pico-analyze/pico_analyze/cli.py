@@ -104,6 +104,16 @@ def _fail(err: Exception):
     raise _BadInput(str(err)) from None
 
 
+def _analyse(function, *args, **kwargs) -> None:
+    """Run an analysis (analyze_run or compare_runs); a bad input is one line and exit 2."""
+    try:
+        with frozen_objects():  # torch and the analysis modules: out of every collection
+            result = function(*args, **kwargs)
+    except (ConfigError, SourceError, RunFormatError, ValueError) as err:
+        _fail(err)
+    _finish(result)
+
+
 def _finish(result) -> None:
     """Print the summary; exit 1 when not one metric value could be measured (the loss and
     benchmark rows read from the run's files do not count)."""
@@ -156,22 +166,18 @@ def run(
     Hugging Face repo id (hf://owner/name[@branch])."""
     from pico_analyze.analyze import analyze_run
 
-    try:
-        with frozen_objects():  # torch and the analysis modules: out of every collection
-            result = analyze_run(
-                run_dir,
-                config,
-                out,
-                device=device,
-                workers=workers,
-                force_train_split=force_train_split,
-                progress=False if no_progress else None,
-                revision=revision,
-                figures=_figures(formats, dpi, x_axis),
-            )
-    except (ConfigError, SourceError, RunFormatError, ValueError) as err:
-        _fail(err)
-    _finish(result)
+    _analyse(
+        analyze_run,
+        run_dir,
+        config,
+        out,
+        device=device,
+        workers=workers,
+        force_train_split=force_train_split,
+        progress=False if no_progress else None,
+        revision=revision,
+        figures=_figures(formats, dpi, x_axis),
+    )
 
 
 @main.command()
@@ -193,21 +199,17 @@ def compare(
 
     if len(runs) < 2:
         _fail(ValueError("compare needs at least two runs."))
-    try:
-        with frozen_objects():  # torch and the analysis modules: out of every collection
-            result = compare_runs(
-                list(runs),
-                config,
-                out,
-                device=device,
-                workers=workers,
-                force_train_split=force_train_split,
-                progress=False if no_progress else None,
-                figures=_figures(formats, dpi, x_axis),
-            )
-    except (ConfigError, SourceError, RunFormatError, ValueError) as err:
-        _fail(err)
-    _finish(result)
+    _analyse(
+        compare_runs,
+        list(runs),
+        config,
+        out,
+        device=device,
+        workers=workers,
+        force_train_split=force_train_split,
+        progress=False if no_progress else None,
+        figures=_figures(formats, dpi, x_axis),
+    )
 
 
 @main.command()
