@@ -106,6 +106,22 @@ def test_one_process_run_resumes_on_two_ranks(reference, tmp_path, parallelism):
     torch.testing.assert_close(_losses(run_dir), _losses(reference), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
+def test_compiled_ddp_on_two_ranks_equals_one_eager_process(reference, tmp_path):
+    """The GPU default (compiled, DDP) on CPU: the same losses and gradient norms as eager."""
+    run_dir = tmp_path / "compiled"
+    extra = ["training.parallelism=ddp", "training.compile=true", "capture.enabled=false"]
+    _run(launch_command(2, ["train", *_cli_args(run_dir, *extra)]), timeout=600)
+
+    def curve(run):
+        rows = [r for r in read_log(RunPaths(run).log) if "loss" in r]
+        return torch.tensor([[r["loss"], r["grad_norm"]] for r in rows])
+
+    ours = curve(run_dir)
+    assert (ours[:, 1] > 0).all()
+    torch.testing.assert_close(ours, curve(reference), rtol=1e-5, atol=1e-6)
+
+
 FAULT = """
 import os, sys, time
 import pico_train.checkpoint as checkpoint
