@@ -178,9 +178,9 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, weight, y, ignore_index, compiled, need_h, need_w):
         # Purely functional (no in-place writes into buffers that are then saved): torch 2.11's
-        # compiled graph saved such a buffer as it was before the writes, so every gradient
-        # was zero on the GPU (BENCHMARKS.md, "Loss implementations"). need_h/need_w come from
-        # the caller, not ctx.needs_input_grad, for the same reason.
+        # compiled graph saved such a buffer as it was before the writes, so every gradient was
+        # zero on the GPU (BENCHMARKS.md, "Training throughput per preset"). need_h and need_w
+        # are decided by the caller, from grad mode and requires_grad.
         w = weight.to(h.dtype)
         rows = rows_per_block(h.shape[0], w.shape[0])
         step = _block_fn(compiled)
