@@ -107,10 +107,16 @@ def test_one_process_run_resumes_on_two_ranks(reference, tmp_path, parallelism):
 
 
 @pytest.mark.slow
-def test_compiled_ddp_on_two_ranks_equals_one_eager_process(reference, tmp_path):
-    """The GPU default (compiled, DDP) on CPU: the same losses and gradient norms as eager."""
+@pytest.mark.parametrize("parallelism", ["ddp", "fsdp"])
+def test_compiled_on_two_ranks_equals_one_eager_process(reference, tmp_path, parallelism):
+    """The GPU defaults (compiled; DDP, or FSDP2 with compiled blocks) on CPU: the same losses
+    and gradient norms as one eager process."""
     run_dir = tmp_path / "compiled"
-    extra = ["training.parallelism=ddp", "training.compile=true", "capture.enabled=false"]
+    extra = [
+        f"training.parallelism={parallelism}",
+        "training.compile=true",
+        "capture.enabled=false",
+    ]
     _run(launch_command(2, ["train", *_cli_args(run_dir, *extra)]), timeout=600)
 
     def curve(run):
