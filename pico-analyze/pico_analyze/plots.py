@@ -221,7 +221,9 @@ def _loss_figure(folder, rows, logs, opts, runs: list[str]) -> list[Path]:
             ax.plot(*zip(*ev), "o--", color=color, ms=3.5, linewidth=0.9, label=f"{run}: held-out")
             xs_all += [x for x, _ in ev]
             ys_all += [y for _, y in ev]
-    fs.set_x_scale(ax, xs_all, opts)
+    # The checkpoints decide the scale, as in every metric figure (the log is evenly spaced).
+    checkpoints = sorted({fs.x_of(r, opts) for r in rows})
+    fs.set_x_scale(ax, checkpoints or xs_all, opts)
     fs.set_y_scale(ax, ys_all)
     ax.set_ylabel("next-token loss (nats)", fontsize=8)
     ax.legend(fontsize=7)

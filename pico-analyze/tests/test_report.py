@@ -314,3 +314,25 @@ def test_heatmap_panels_share_outer_ticks_and_each_has_a_labelled_colour_bar():
     fig, axes = fs.figure(2, colorbars=True)
     plots._heatmap_panels(fig, axes, [panels[0], panels[1][:16]], FiguresConfig(), "Gini index")
     assert all(len(ax.get_xticks()) and len(ax.get_yticks()) for ax in axes)
+
+
+def test_loss_figure_takes_the_step_scale_of_the_checkpoints(tmp_path, monkeypatch):
+    """Log-spaced checkpoints put every figure on a symlog step axis, the loss figure too,
+    although the training log itself is evenly spaced; even checkpoints keep it linear."""
+    from pico_analyze import figure_style as fs
+    from pico_analyze import plots
+    from pico_analyze.config import FiguresConfig
+    from pico_analyze.table import Row
+
+    def rows(steps):
+        return [
+            Row("r", s, None, "simple", "weights", "m", 0, None, "gini", "gini", None, None, 0.5)
+            for s in steps
+        ]
+
+    log = {"r": [{"step": s, "loss": 8.0 - s / 20} for s in range(1, 65)]}
+    scales = []
+    monkeypatch.setattr(fs, "save", lambda fig, *a: scales.append(fig.axes[0].get_xscale()) or [])
+    for steps in ([0, 1, 2, 4, 8, 16, 32, 64], [0, 20, 40, 60]):
+        plots._loss_figure(tmp_path, rows(steps), log, FiguresConfig(), ["r"])
+    assert scales == ["symlog", "linear"]
