@@ -184,12 +184,12 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         w = weight.to(h.dtype)
         rows = rows_per_block(h.shape[0], w.shape[0])
         step = _block_fn(compiled)
-        total, pieces = None, []
+        total, pieces = torch.zeros((), dtype=torch.float32, device=h.device), []
         grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device) if need_w else None
         for start in range(0, h.shape[0], rows):
             end = min(start + rows, h.shape[0])
             part, gh, grad_w = step(h[start:end], w, y[start:end], ignore_index, grad_w, need_h)
-            total = part if total is None else total + part
+            total = total + part
             if need_h:
                 pieces.append(gh.to(h.dtype))
         ctx.save_for_backward(torch.cat(pieces) if need_h else None, grad_w)
