@@ -117,6 +117,9 @@ def rows_per_block(n: int, v: int) -> int:
     return max(1, -(-n // blocks))
 
 
+_ADDMM_OUT_DTYPE = hasattr(torch.ops.aten.addmm, "dtype")  # addmm(..., out_dtype=): torch >= 2.8
+
+
 def _fp32_accumulate(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """acc + a @ b with acc fp32 and a, b possibly bf16/fp16.
 
@@ -129,9 +132,6 @@ def _fp32_accumulate(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tor
     if fused and a.dtype != acc.dtype and a.is_cuda:
         return torch.addmm(acc, a, b, out_dtype=torch.float32)
     return acc + (a @ b).float()
-
-
-_ADDMM_OUT_DTYPE = hasattr(torch.ops.aten.addmm, "dtype")  # addmm(..., out_dtype=): torch >= 2.8
 
 
 def _block(h, w, y, ignore_index: int, grad_w: torch.Tensor | None, grad_h: bool):
