@@ -126,13 +126,24 @@ def export_checkpoint(
     result = ExportResult(out=out, step=checkpoint_step(ckpt), dtype=dtype)
     with folder_transaction(out) as tmp:
         gguf_name = _write_export(
-            tmp, ckpt, run, model, tokenizer, result, gguf, max_shard_size, progress, log
+            tmp,
+            ckpt,
+            run,
+            model,
+            tokenizer,
+            result,
+            gguf=gguf,
+            max_shard_size=max_shard_size,
+            progress=progress,
+            log=log,
         )
     result.gguf = out / gguf_name if gguf_name else None
     return result
 
 
-def _write_export(tmp, ckpt, run, model, tokenizer, result, gguf, max_shard_size, progress, log):
+def _write_export(
+    tmp, ckpt, run, model, tokenizer, result, *, gguf, max_shard_size, progress, log
+) -> str | None:
     """Fill the export folder `tmp`; record its files in `result`; return the GGUF's name."""
     shape, dtype, step = model.config, result.dtype, result.step
     name = run.root.name if run is not None else ckpt.root.name
