@@ -19,7 +19,7 @@ import logging
 import time
 from pathlib import Path
 
-from pico_analyze import report, report_document, scores
+from pico_analyze import report, report_document, scores, writer_process
 from pico_analyze.config import AnalysisConfig, config_to_dict, figures_from, load_config
 from pico_analyze.layer_similarity import layer_similarity, write_pairs
 from pico_analyze.load import Source
@@ -73,6 +73,20 @@ def _with_scores(sources: list[Source], rows: list[Row]) -> tuple[list[Row], lis
     return out, notes
 
 
+def _write_outputs(rows, out_dir: Path, figures, logs, pairs, cross: bool):
+    """(table paths, figure paths): the table, and the figures unless `figures` is None."""
+    drawing = None
+    if figures is not None:
+        from pico_analyze import plots as plotting  # matplotlib (~0.4 s) only when drawing
+
+        drawing = plotting.start_figures(rows, out_dir, figures, logs, pairs, compare=cross)
+    try:  # the table is written while forked workers draw the figures
+        tables = write_table(rows, out_dir)
+    finally:
+        plots: list[Path] = drawing.paths() if drawing else []
+    return tables, plots
+
+
 def _finish(
     sources: list[Source],
     cfg: AnalysisConfig,
@@ -91,18 +105,23 @@ def _finish(
     with torch_threads():  # many small products, like the metrics: one thread (plan.py)
         pairs = layer_similarity(sources, steps, cfg, cross=cross)
     out_dir.mkdir(parents=True, exist_ok=True)
-    drawing = None
+    logs = {}
     if cfg.plots:
-        from pico_analyze import plots as plotting  # matplotlib (~0.4 s) only when drawing
-
         roots = {s.name: root for s in sources if (root := scores.run_root(s))}
         logs = {name: read_log(RunPaths(root).log) for name, root in roots.items()}
-        drawing = plotting.start_figures(rows, out_dir, cfg.figures, logs, pairs, compare=cross)
-    try:  # the tables are written while forked workers draw the figures
-        tables = write_table(rows, out_dir)
+    # The command's writer process (imported matplotlib and pyarrow while this one imported
+    # torch) writes the table and draws the figures; without one, or if it fails, this one does.
+    writer = writer_process.take()
+    figures = cfg.figures if cfg.plots else None
+    handed = writer is not None and writer.submit(rows, out_dir, figures, logs, pairs, cross)
+    try:
         layer_table = write_pairs(pairs, out_dir)
     finally:
-        plots: list[Path] = drawing.paths() if drawing else []
+        written = writer.result() if handed else None
+    if written is None:
+        tables, plots = _write_outputs(rows, out_dir, figures, logs, pairs, cross)
+    else:
+        tables, plots = written
     config = config_to_dict(cfg)
     (out_dir / "config.yaml").write_text(dump_yaml(config))
     result = AnalysisResult(

@@ -27,7 +27,7 @@ gc.disable()
 try:
     import click
 
-    from pico_analyze import __version__
+    from pico_analyze import __version__, writer_process
     from pico_analyze.config import ConfigError
     from pico_analyze.forking import frozen_objects
     from pico_analyze.load import SourceError
@@ -111,6 +111,8 @@ def _analyse(function, *args, **kwargs) -> None:
             result = function(*args, **kwargs)
     except (ConfigError, SourceError, RunFormatError, ValueError) as err:
         _fail(err)
+    finally:
+        writer_process.discard()  # unused when the analysis stopped before writing
     _finish(result)
 
 

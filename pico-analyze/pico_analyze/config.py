@@ -35,6 +35,7 @@ import torch
 
 from pico_analyze.components import ComponentSpec
 from pico_analyze.defaults import Default, default_compare_plan, default_plan
+from pico_analyze.figure_options import FiguresConfig
 from pico_analyze.metrics import get_metric, list_metrics
 from pico_analyze.metrics.registry import UnknownMetricError
 from pico_analyze.sources.original import SUFFIXES as ORIGINAL_SUFFIXES
@@ -108,17 +109,6 @@ class WandbConfig:
     project: str = "pico-analyze"
     entity: str | None = None
     name: str | None = None
-
-
-@dataclass
-class FiguresConfig:
-    """How plots are drawn and written (see plots.py)."""
-
-    formats: list[str] = field(default_factory=lambda: ["png"])  # png | pdf | svg
-    dpi: int = 110
-    x_axis: str = "step"  # step | tokens (tokens seen)
-    step_scale: str = "auto"  # auto (symlog when checkpoints are log-spaced) | linear | symlog
-    normalize_previous: bool = False  # divide @previous change metrics by the step gap
 
 
 @dataclass

@@ -1,8 +1,9 @@
 """What the figures say: metric full names, panel titles, axis scales, and how files are saved.
 
-Reads table rows and the figure options (:class:`~pico_analyze.config.FiguresConfig`); writes
-nothing itself. Shared by :mod:`pico_analyze.plots` and :mod:`pico_analyze.plots_layers` so that
-every figure names things the same way: the metric's full name (with its settings and what it
+Reads table rows and the figure options
+(:class:`~pico_analyze.figure_options.FiguresConfig`); writes nothing itself. Shared by
+:mod:`pico_analyze.plots` and :mod:`pico_analyze.plots_layers` so that every figure names
+things the same way: the metric's full name (with its settings and what it
 is compared with), the component, module and split, the run.
 
 Matplotlib is used through ``Figure`` objects only (the Agg canvas, no pyplot state), so figures
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pico_analyze.config import FiguresConfig
+from pico_analyze.figure_options import FiguresConfig
 from pico_analyze.forking import collector_paused, frozen_objects
 from pico_analyze.table import Row
 

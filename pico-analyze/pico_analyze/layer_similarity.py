@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import csv
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
 from pico_analyze.config import AnalysisConfig
+from pico_analyze.layer_pair import LayerPair
 from pico_analyze.load import LoadRequest, MissingData
 from pico_analyze.metrics.registry import MetricError
 from pico_analyze.metrics.similarity import cka
@@ -33,30 +34,6 @@ from pico_format.modules import DEFAULT_CAPTURE_SUFFIXES as DEFAULT_SUFFIXES
 from pico_format.modules import module_name
 
 CSV_NAME = "layer_similarity.csv"
-
-
-@dataclass
-class LayerPair:
-    """CKA of (run_a, layer_a) and (run_b, layer_b) for one module at one step."""
-
-    step: int
-    split: str
-    module: str
-    run_a: str
-    layer_a: int
-    run_b: str
-    layer_b: int
-    cka: float
-    debiased: bool = True
-    p_value: float = math.nan
-    null_low: float = math.nan
-    null_high: float = math.nan
-    null_mean: float = math.nan
-    note: str = ""
-
-    @property
-    def within(self) -> bool:
-        return self.run_a == self.run_b
 
 
 def _modules(source, cfg: AnalysisConfig) -> list[str]:

@@ -31,10 +31,9 @@ import numpy as np
 from matplotlib import colormaps
 
 from pico_analyze import figure_style as fs
-from pico_analyze.config import FiguresConfig
+from pico_analyze.figure_options import FiguresConfig
 from pico_analyze.plots_layers import layer_matrix_jobs
-from pico_analyze.scores import EVAL_LOSS, LOSS_KIND
-from pico_analyze.table import Row
+from pico_analyze.table import EVAL_LOSS, LOSS_KIND, Row
 
 RUN_COLORS = colormaps["tab10"]
 

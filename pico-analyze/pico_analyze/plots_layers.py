@@ -1,6 +1,6 @@
 """Heatmaps of layer x layer CKA (:mod:`pico_analyze.layer_similarity`), one figure per module.
 
-Reads :class:`~pico_analyze.layer_similarity.LayerPair` records; writes ``layer_cka_MODULE``
+Reads :class:`~pico_analyze.layer_pair.LayerPair` records; writes ``layer_cka_MODULE``
 figures into the plots folder: a panel per run (within-run matrix at its step) and, in a
 comparison, a panel per other run (reference run's layers x that run's layers). Cross-run cells
 whose CKA is not above the permutation null (p >= 0.05) are marked with * (or a dot when the
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from pico_analyze import figure_style as fs
-from pico_analyze.config import FiguresConfig
+from pico_analyze.figure_options import FiguresConfig
 
 ALPHA = 0.05
 ANNOTATE_MAX = 8

@@ -29,11 +29,16 @@ from pathlib import Path
 
 import yaml
 
-from pico_analyze.table import Row
+from pico_analyze.table import (
+    BENCHMARK_KIND,
+    EVAL_LOSS,
+    EVAL_PPL,
+    LOSS_KIND,
+    MODEL_LAYER,
+    TRAIN_LOSS,
+    Row,
+)
 from pico_format import RunPaths, benchmark_rows, read_benchmarks, read_json, read_log
-
-TRAIN_LOSS, EVAL_LOSS, EVAL_PPL = "train_loss", "eval_loss", "eval_perplexity"
-LOSS_KIND, BENCHMARK_KIND, MODEL_LAYER = "loss", "benchmark", -1
 
 
 def run_root(source) -> Path | None:

@@ -64,6 +64,9 @@ _INT_COLUMNS = {"step", "layer", "head", "reference_step", "tokens_seen"}
 _FLOAT_COLUMNS = {"value"}
 _OPTIONAL_COLUMNS = {"split", "head", "reference_step", "reference_run", "tokens_seen"}  # "": None
 CSV_NAME, PARQUET_NAME, JSONL_NAME = "results.csv", "results.parquet", "results.jsonl"
+# The rows read from a run's files (pico_analyze.scores): their metric functions, kinds, layer
+TRAIN_LOSS, EVAL_LOSS, EVAL_PPL = "train_loss", "eval_loss", "eval_perplexity"
+LOSS_KIND, BENCHMARK_KIND, MODEL_LAYER = "loss", "benchmark", -1
 
 
 def _columns(rows: list[Row]) -> dict[str, list]:
