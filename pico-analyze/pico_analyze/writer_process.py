@@ -62,7 +62,7 @@ class Writer:
             status, payload = self.conn.recv()
         except (EOFError, OSError):
             status, payload = "error", "the writer process ended without an answer"
-        self.close()
+        self.close(wait=True)  # it ends once it has answered: its CPU time is then ours
         if status == "ok":
             return payload
         import logging
@@ -72,14 +72,15 @@ class Writer:
         )
         return None
 
-    def close(self) -> None:
-        """Close the pipe: the process ends (at once if it is waiting for a job); reap it."""
+    def close(self, wait: bool = False) -> None:
+        """Close the pipe: the process ends (at once if it is waiting for a job); reap it if it
+        has ended (`wait`: wait for it to end, as it does right after answering)."""
         if self.conn is None:
             return
         self.conn.close()
         self.conn = None
         try:
-            os.waitpid(self.pid, os.WNOHANG)
+            os.waitpid(self.pid, 0 if wait else os.WNOHANG)
         except ChildProcessError:
             pass
 

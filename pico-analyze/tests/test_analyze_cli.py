@@ -84,3 +84,31 @@ def test_metric_descriptions_are_whole_sentences():
         text = get_metric(name).description
         assert text.endswith((".", ")", ".)")), (name, text)
         assert text.count('"') % 2 == 0, (name, text)
+
+
+def test_the_command_entry_point_keeps_exit_statuses_and_output(tmp_path):
+    """`python -m pico_analyze` (the installed `pico-analyze`) ends without the interpreter's
+    teardown: its output is still complete and its exit statuses are click's."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+
+    def command(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "pico_analyze", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=120,
+        )
+
+    listed = command("metrics")
+    assert listed.returncode == 0 and listed.stdout.splitlines()[-1].strip()
+    assert len(listed.stdout.splitlines()) >= 10 and "cka" in listed.stdout
+    bad = command("run", str(tmp_path / "nope"))
+    assert bad.returncode == 2 and "no such run directory" in bad.stderr
+    assert command("--version").stdout.startswith("pico-analyze, version")
+    assert command("no-such-command").returncode == 2

@@ -84,6 +84,17 @@ def float64(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.float64)
 
 
+def norm64(x: torch.Tensor, ord: float = 2) -> float:
+    """``||x||_ord`` of the flattened ``x``, accumulated in float64 without a float64 copy of
+    ``x`` (``torch.linalg.vector_norm(..., dtype=float64)`` casts entry by entry): the same value
+    as the norm of ``float64(x)``. ord 1 sums ``|x_i|`` without an ``|x|`` copy either."""
+    if x.device.type == "mps":
+        x = x.cpu()
+    if not x.is_floating_point():
+        x = x.to(torch.float64)
+    return float(torch.linalg.vector_norm(x, ord, dtype=torch.float64))
+
+
 def unit_max(x: torch.Tensor) -> tuple[torch.Tensor, float]:
     """``(x / m, m)`` with ``m = max_i |x_i|`` (``m = 1`` for an all-zero ``x``).
 
@@ -92,7 +103,11 @@ def unit_max(x: torch.Tensor) -> tuple[torch.Tensor, float]:
     ``m * ||x / m||`` is exact to rounding at any magnitude. Scale-invariant metrics (Hoyer,
     cosine similarity, CKA) use ``x / m`` directly.
     """
-    m = float(x.abs().max())
+    if x.is_floating_point():  # max(-min, max): no |x| copy
+        low, high = torch.aminmax(x)
+        m = max(-float(low), float(high))
+    else:
+        m = float(x.abs().max())
     if m == 0.0 or m == 1.0:
         return x, 1.0
     return x / m, m

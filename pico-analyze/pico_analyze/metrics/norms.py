@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ._utils import as_matrix, as_tensor, float64, unit_max
+from ._utils import as_matrix, as_tensor, float64, norm64, unit_max
 from .registry import register_metric
 from .singular_values import singular_values
 
@@ -23,11 +23,11 @@ def frobenius_norm(x: torch.Tensor) -> float:
     ``x``: any shape (a weight ``(out, in)``, a bias vector, ...), flattened; for a vector this
     is the Euclidean norm.
     """
-    x = float64(as_tensor(x, "x"))
-    norm = float(torch.linalg.vector_norm(x))
+    x = as_tensor(x, "x")
+    norm = norm64(x)
     if 1e-140 < norm < 1e140:  # no square can have over- or underflowed enough to matter
         return norm
-    unit, m = unit_max(x)
+    unit, m = unit_max(float64(x))
     return m * float(torch.linalg.vector_norm(unit))
 
 

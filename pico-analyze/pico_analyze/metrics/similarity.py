@@ -48,12 +48,18 @@ def _zero_variance(name: str) -> MetricError:
 
 def _centered(a: torch.Tensor, name: str) -> torch.Tensor:
     """Column-centred float64 copy of ``a``; raises if nothing but round-off is left."""
+    return _centered_with_norm(a, name)[0]
+
+
+def _centered_with_norm(a: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_centered` and its Frobenius norm (a 0-d tensor)."""
     a, _ = unit_max(float64(a))  # every metric here is scale invariant: no overflow below
     c = a - a.mean(dim=0, keepdim=True)
     scale = float(torch.linalg.matrix_norm(a))
-    if not float(torch.linalg.matrix_norm(c)) > 4 * a.shape[0] * torch.finfo(a.dtype).eps * scale:
+    norm = torch.linalg.matrix_norm(c)
+    if not float(norm) > 4 * a.shape[0] * torch.finfo(a.dtype).eps * scale:
         raise _zero_variance(name)
-    return c
+    return c, norm
 
 
 # --------------------------------------------------------------------------------------------
@@ -107,8 +113,8 @@ def _cka_side(x: torch.Tensor, name: str, debiased: bool, method: str):
     analysed step); the centred copy is O(n p) and recomputed rather than kept, and Gram terms
     of more than GRAM_MEMO_MAX_ROWS samples are not kept either.
     """
-    a = _centered(x, name)
-    a = a / torch.linalg.matrix_norm(a)  # scale invariant; keeps 4th-power sums from overflow
+    a, norm = _centered_with_norm(x, name)
+    a = a / norm  # scale invariant; keeps 4th-power sums from overflow
 
     def side():
         if method == "feature":
