@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pico_analyze import report, report_document, scores, writer_process
 from pico_analyze.config import AnalysisConfig, config_to_dict, figures_from, load_config
-from pico_analyze.layer_similarity import layer_similarity, write_pairs
+from pico_analyze.layer_similarity import layer_similarity, modules_of, write_pairs
 from pico_analyze.load import Source
 from pico_analyze.plan import torch_threads
 from pico_analyze.preflight import compare_warnings
@@ -102,22 +102,30 @@ def _finish(
     for line in score_notes:
         log.info("%s", line)
     steps = {s.name: sorted({r.step for r in rows if r.run == s.name}) for s in sources}
-    with torch_threads():  # many small products, like the metrics: one thread (plan.py)
-        pairs = layer_similarity(sources, steps, cfg, cross=cross)
     out_dir.mkdir(parents=True, exist_ok=True)
     logs = {}
     if cfg.plots:
         roots = {s.name: root for s in sources if (root := scores.run_root(s))}
         logs = {name: read_log(RunPaths(root).log) for name, root in roots.items()}
     # The command's writer process (imported matplotlib and pyarrow while this one imported
-    # torch) writes the table and draws the figures; without one, or if it fails, this one does.
+    # torch) writes the table and draws the figures while this one computes the layer x layer
+    # CKA; without one, or if it fails, this one writes them afterwards.
     writer = writer_process.take()
     figures = cfg.figures if cfg.plots else None
-    handed = writer is not None and writer.submit(rows, out_dir, figures, logs, pairs, cross)
+    layer_figures = len(modules_of(sources[0], cfg)) if cfg.layer_similarity.enabled else 0
+    handed = writer is not None and writer.submit(
+        rows, out_dir, figures, logs, cross, layer_figures
+    )
     try:
-        layer_table = write_pairs(pairs, out_dir)
-    finally:
-        written = writer.result() if handed else None
+        with torch_threads():  # many small products, like the metrics: one thread (plan.py)
+            pairs = layer_similarity(sources, steps, cfg, cross=cross)
+    except BaseException:
+        if writer is not None:
+            writer.close()  # it ends (after its figure workers) without the pairs
+        raise
+    handed = handed and writer.send_pairs(pairs)
+    layer_table = write_pairs(pairs, out_dir)
+    written = writer.result() if handed else None
     if written is None:
         tables, plots = _write_outputs(rows, out_dir, figures, logs, pairs, cross)
     else:

@@ -330,10 +330,10 @@ def figure_workers(n_jobs: int) -> int:
 class Rendering:
     """Figure jobs being drawn (see :func:`start`); :meth:`paths` waits for them."""
 
-    def __init__(self, jobs: list[tuple]):
+    def __init__(self, jobs: list[tuple], more: int = 0):
         global _JOBS
-        self._jobs, self._pool, self._futures = jobs, None, []
-        workers = figure_workers(len(jobs))
+        self._jobs, self._pool, self._futures = list(jobs), None, []
+        workers = figure_workers(len(jobs) + more)  # `more`: jobs expected later (add)
         if workers <= 1:
             return
         # Imported before forking, so that no worker imports matplotlib itself (~0.3 s each).
@@ -347,6 +347,14 @@ class Rendering:
             self._pool = ProcessPoolExecutor(workers, mp_context=ctx)
             self._futures = [self._pool.submit(_run_job, i) for i in range(len(jobs))]
 
+    def add(self, jobs: list[tuple]) -> None:
+        """More figure jobs, drawn after those already started (their arguments are pickled to
+        the workers, which were forked before these existed)."""
+        if self._pool is None:
+            self._jobs += jobs
+        else:
+            self._futures += [self._pool.submit(_draw, fn, args) for fn, args in jobs]
+
     def paths(self) -> list[Path]:
         """Every job's paths, in job order (drawn here if no worker was started)."""
         global _JOBS
@@ -359,11 +367,12 @@ class Rendering:
             _JOBS = []
 
 
-def start(jobs: list[tuple]) -> Rendering:
+def start(jobs: list[tuple], more: int = 0) -> Rendering:
     """Start figure jobs ``(fn, args) -> [paths]``: in forked processes when that helps (each
     figure is its own ``Figure`` object: no shared pyplot state), so the caller can go on (e.g.
-    write the tables) while they draw; else they are drawn when their paths are asked for."""
-    return Rendering(jobs)
+    write the tables) while they draw; else they are drawn when their paths are asked for.
+    `more`: how many jobs will be added later (:meth:`Rendering.add`), for the worker count."""
+    return Rendering(jobs, more)
 
 
 def render(jobs: list[tuple]) -> list[Path]:

@@ -36,7 +36,8 @@ from pico_format.modules import module_name
 CSV_NAME = "layer_similarity.csv"
 
 
-def _modules(source, cfg: AnalysisConfig) -> list[str]:
+def modules_of(source, cfg: AnalysisConfig) -> list[str]:
+    """The modules whose layer x layer CKA is measured for `source` (one figure each)."""
     if cfg.layer_similarity.modules:
         return list(cfg.layer_similarity.modules)
     captured = source.captured_suffixes()
@@ -129,7 +130,7 @@ def layer_similarity(
     ls = cfg.layer_similarity
     if not ls.enabled:
         return []
-    acts = [_Activations(s, _modules(s, cfg), ls.split) for s in sources]
+    acts = [_Activations(s, modules_of(s, cfg), ls.split) for s in sources]
     names = [s.name for s in sources]
     ref = acts[names.index(cfg.compare.reference) if cfg.compare.reference in names else 0]
     shared = sorted(set.intersection(*(set(steps[n]) for n in names))) if cross else []
@@ -142,7 +143,7 @@ def layer_similarity(
     for step in sorted(set(shared).union(*chosen.values())):
         for a in acts:
             if step in chosen[a.source.name]:
-                for suffix in _modules(a.source, cfg):
+                for suffix in modules_of(a.source, cfg):
                     for i in range(a.n_layers):
                         for j in range(i, a.n_layers):
                             seed += 1
@@ -150,7 +151,7 @@ def layer_similarity(
             if a is ref or step not in shared:
                 continue
             full = step in matrix_steps
-            modules = [m for m in _modules(ref.source, cfg) if m in _modules(a.source, cfg)]
+            modules = [m for m in modules_of(ref.source, cfg) if m in modules_of(a.source, cfg)]
             for suffix in modules:
                 for i in range(ref.n_layers):
                     for j in range(a.n_layers) if full else [i]:

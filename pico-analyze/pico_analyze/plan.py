@@ -13,6 +13,7 @@ import logging
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from operator import attrgetter
 
 import torch
 
@@ -20,7 +21,7 @@ from pico_analyze.components import ComponentSpec
 from pico_analyze.config import AnalysisConfig, ConfigError, MetricEntry
 from pico_analyze.load import LoadRequest, Source
 from pico_analyze.metrics import get_metric
-from pico_analyze.table import Row
+from pico_analyze.table import COLUMNS, Row
 
 log = logging.getLogger("pico_analyze")
 
@@ -72,6 +73,17 @@ class ChunkResult:
     loads: list[tuple[str, int]] = field(default_factory=list)
     seconds_load: float = 0.0
     seconds_compute: float = 0.0
+
+    # A worker process's result is pickled on its way back, after its last checkpoint: its rows
+    # travel as tuples of their values (~10x faster to pickle than the dataclass objects).
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "rows": [_ROW_VALUES(r) for r in self.rows]}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, rows=[Row(*values) for values in state["rows"]])
+
+
+_ROW_VALUES = attrgetter(*COLUMNS)
 
 
 def resolve_device(device: str) -> str:

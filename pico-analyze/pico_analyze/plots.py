@@ -341,11 +341,15 @@ def start_figures(
     pairs: list | None = None,
     *,
     compare: bool = False,
+    layer_figures_later: int = 0,
 ) -> fs.Rendering:
     """:func:`plot_figures`, started: the figures are drawn in worker processes where that
-    helps while the caller goes on; the returned object's ``paths()`` waits for them."""
+    helps while the caller goes on; the returned object's ``paths()`` waits for them.
+    `layer_figures_later`: the layer x layer CKA figures (that many) come later, from
+    :func:`add_layer_figures` (the pairs are being computed meanwhile); `pairs` is then
+    ignored."""
     opts = opts or FiguresConfig()
-    pairs = pairs or []
+    pairs = [] if layer_figures_later else (pairs or [])
     folder = fs.fresh_dir(out_dir)
     rows = per_step_rows(rows) if opts.normalize_previous else rows
     runs = list(dict.fromkeys(r.run for r in rows))
@@ -362,7 +366,15 @@ def start_figures(
         for label, lrows in _by_label([r for r in rows if fs.is_cross(r)]).items():
             jobs.append((_cross_figure, (folder, label, lrows, pairs, opts)))
     jobs += layer_matrix_jobs(pairs, folder, opts)
-    return fs.start(jobs)
+    return fs.start(jobs, more=layer_figures_later)
 
 
-__all__ = ["plot_figures", "start_figures", "per_step_rows"]
+def add_layer_figures(
+    drawing: fs.Rendering, pairs: list, out_dir: Path, opts: FiguresConfig | None = None
+) -> None:
+    """The layer x layer CKA figures of `pairs`, added to a drawing started with
+    ``layer_figures_later`` (:func:`start_figures`)."""
+    drawing.add(layer_matrix_jobs(pairs, out_dir / fs.PLOTS_DIR, opts or FiguresConfig()))
+
+
+__all__ = ["add_layer_figures", "plot_figures", "start_figures", "per_step_rows"]

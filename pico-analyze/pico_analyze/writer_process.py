@@ -6,12 +6,13 @@ idles, and the outputs need libraries that take as long again to import (matplot
 pyarrow with its pandas shim ~0.5 s) at the end, after the metrics. This process is forked
 first thing (:func:`prestart`, from ``pico_analyze.__main__``), imports those libraries (never
 torch) on the idle core, and waits. The analysis (:mod:`pico_analyze.analyze`) hands it the
-rows, the layer x layer pairs, the training logs and the figure options (:meth:`Writer.submit`);
-it writes ``results.csv`` + ``results.parquet`` and draws the figures (forking its own figure
-workers, :mod:`pico_analyze.figure_style`), and answers with the paths written
-(:meth:`Writer.result`). The same functions write the same files as in the analysis's own
-process; where this process is missing (the Python API, or not Linux) or fails, the analysis
-writes them itself.
+rows, the training logs and the figure options (:meth:`Writer.submit`) as soon as the metrics
+are done; it starts drawing the figures (forking its own figure workers,
+:mod:`pico_analyze.figure_style`) and writes ``results.csv`` + ``results.parquet`` while the
+analysis computes the layer x layer CKA, whose pairs come next (:meth:`Writer.send_pairs`,
+their figures are added); then it answers with the paths written (:meth:`Writer.result`). The
+same functions write the same files as in the analysis's own process; where this process is
+missing (the Python API, or not Linux) or fails, the analysis writes them itself.
 
 Forked, not spawned: at that point the command has imported only click and the standard library
 and started no thread, and a spawned process would import Python again. Rows travel as tuples
@@ -37,15 +38,26 @@ class Writer:
         self.conn, self.pid = conn, pid
         self.pending = False
 
-    def submit(self, rows, out_dir: Path, figures, logs, pairs, compare: bool) -> bool:
+    def submit(self, rows, out_dir: Path, figures, logs, compare: bool, layer_figures: int) -> bool:
         """Hand the outputs over: the table of `rows` and, when `figures` (a FiguresConfig) is
-        not None, the figures; returns False when the process is gone (nothing was sent)."""
+        not None, the figures (`layer_figures` of them from the layer x layer pairs, which
+        :meth:`send_pairs` hands over later); returns False when the process is gone."""
         from pico_analyze.table import COLUMNS
 
         values = attrgetter(*COLUMNS)
-        job = ([values(r) for r in rows], Path(out_dir), figures, logs, pairs, compare)
+        rows = [values(r) for r in rows]
+        return self._send((rows, Path(out_dir), figures, logs, compare, layer_figures))
+
+    def send_pairs(self, pairs) -> bool:
+        """The layer x layer CKA pairs (their figures and the end of the job); False when the
+        process is gone."""
+        return self._send(pairs)
+
+    def _send(self, message) -> bool:
+        if self.conn is None:
+            return False
         try:
-            self.conn.send(job)
+            self.conn.send(message)
         except (OSError, ValueError):
             self.close()
             return False
@@ -151,12 +163,14 @@ def _serve(conn) -> None:
     except EOFError:
         return  # the analysis ended without writing (an error, or the Python API)
     try:
-        conn.send(("ok", _write(*job)))
+        conn.send(("ok", _write(conn, *job)))
     except Exception:  # noqa: BLE001 (reported; the analysis writes the outputs itself)
         conn.send(("error", traceback.format_exc()))
 
 
-def _write(values, out_dir, figures, logs, pairs, compare):
+def _write(conn, values, out_dir, figures, logs, compare, layer_figures):
+    """Start the figures, write the table while they draw, then take the layer x layer pairs
+    (computed meanwhile by the analysis) and add their figures; return the paths."""
     from pico_analyze import plots
     from pico_analyze.table import Row, write_table
 
@@ -164,9 +178,14 @@ def _write(values, out_dir, figures, logs, pairs, compare):
     out_dir.mkdir(parents=True, exist_ok=True)
     drawing = None
     if figures is not None:
-        drawing = plots.start_figures(rows, out_dir, figures, logs, pairs, compare=compare)
-    try:  # the table is written while forked workers draw the figures
+        drawing = plots.start_figures(
+            rows, out_dir, figures, logs, compare=compare, layer_figures_later=layer_figures
+        )
+    try:
         tables = write_table(rows, out_dir)
-    finally:
+        pairs = conn.recv()
+        if drawing is not None:
+            plots.add_layer_figures(drawing, pairs, out_dir, figures)
+    finally:  # the figure workers always finish (and are reaped), whatever happened here
         paths = drawing.paths() if drawing else []
     return tables, paths

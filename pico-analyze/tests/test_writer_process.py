@@ -63,7 +63,8 @@ from pico_analyze.figure_options import FiguresConfig
 writer_process.prestart()
 writer = writer_process.take()
 assert writer is not None and writer_process.take() is None
-assert writer.submit(rows, Path("by-writer"), FiguresConfig(), {}, [], False)
+assert writer.submit(rows, Path("by-writer"), FiguresConfig(), {}, False, 0)
+assert writer.send_pairs([])
 tables, plots = writer.result()
 print(json.dumps({"tables": [str(p) for p in tables], "plots": [str(p) for p in plots],
                   "torch here": "torch" in sys.modules}))
@@ -96,7 +97,7 @@ writer_process.prestart()
 writer = writer_process.take()
 os.kill(writer.pid, signal.SIGKILL)
 os.waitpid(writer.pid, 0)
-sent = writer.submit(rows, Path("out"), None, {}, [], False)
+sent = writer.submit(rows, Path("out"), None, {}, False, 0) and writer.send_pairs([])
 print(json.dumps({"sent": sent, "result": writer.result()}))
 """,
         tmp_path,
@@ -140,3 +141,22 @@ def test_prestart_does_nothing_once_torch_is_imported():
 
     writer_process.prestart()
     assert writer_process.take() is None
+
+
+def _figure_job(path):
+    path.write_text(path.name)
+    return [path]
+
+
+def test_figure_jobs_added_later_are_drawn_after_the_first_in_order(tmp_path):
+    """figure_style.Rendering.add (the layer x layer figures come after the metric figures):
+    with forked workers (enough jobs for two on two cores) and without."""
+    from pico_analyze import figure_style as fs
+
+    for first, later in ((6, 3), (1, 1)):
+        jobs = [(_figure_job, (tmp_path / f"a{i}",)) for i in range(first)]
+        drawing = fs.start(jobs, more=later)
+        drawing.add([(_figure_job, (tmp_path / f"b{i}",)) for i in range(later)])
+        names = [p.name for p in drawing.paths()]
+        assert names == [f"a{i}" for i in range(first)] + [f"b{i}" for i in range(later)]
+        assert all((tmp_path / n).read_text() == n for n in names)
