@@ -1,12 +1,17 @@
 """Where one compiled training micro-batch spends its GPU time, per preset.
 
     python benchmarks/profile_step.py --preset small [--chunk-log2 28] [--top 25]
+        [--mode reduce-overhead] [--memory-budget 0.5] [--checkpoint-blocks K]
 
 Builds the preset's model (default config: bf16 autocast, compiled), runs forward + backward of
 one micro-batch of random tokens (micro-batch x seq_len of the default config) and a fused AdamW
 step, then prints: milliseconds per micro-batch (forward + backward) and per optimizer step, the
 tokens/s and peak memory they imply, and torch.profiler's kernels by GPU time over two
-micro-batches. --chunk-log2 sets loss.CHUNK_ELEMENTS, to compare loss block sizes in the model.
+micro-batches. --chunk-log2 sets loss.CHUNK_ELEMENTS, to compare loss block sizes in the model;
+--mode is torch.compile's mode (e.g. reduce-overhead: CUDA graphs); --memory-budget sets the
+compiler's activation memory budget (torch._functorch.config.activation_memory_budget: below 1
+its partitioner recomputes the cheapest saved activations in backward until they fit the
+fraction); --checkpoint-blocks recomputes whole blocks instead.
 """
 
 from __future__ import annotations
@@ -31,7 +36,13 @@ def main() -> None:
     p.add_argument(
         "--checkpoint-blocks", type=int, default=0, help="recompute the first K blocks in backward"
     )
+    p.add_argument("--mode", default=None, help="torch.compile mode")
+    p.add_argument("--memory-budget", type=float, default=None)
     a = p.parse_args()
+    if a.memory_budget is not None:
+        import torch._functorch.config as functorch_config
+
+        functorch_config.activation_memory_budget = a.memory_budget
     if a.chunk_log2 is not None:
         L.CHUNK_ELEMENTS = 1 << a.chunk_log2
     config = load_config(None, [f"preset={a.preset}"])
@@ -41,11 +52,12 @@ def main() -> None:
     for block in model.model.layers[: a.checkpoint_blocks]:
         _checkpoint_block(block)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    compiled = torch.compile(model)
+    compiled = torch.compile(model, mode=a.mode)
     b, t = config.training.micro_batch_size, config.seq_len
     ids = torch.randint(0, config.model.vocab_size, (b, t + 1), device=device)
 
     def micro_batch():
+        torch.compiler.cudagraph_mark_step_begin()  # reduce-overhead: a new graph replay
         with torch.autocast("cuda", dtype=torch.bfloat16):
             loss = compiled(ids[:, :-1], ids[:, 1:])
         loss.backward()
@@ -55,7 +67,8 @@ def main() -> None:
     torch.cuda.synchronize()
     print(
         f"{a.preset}: chunk 2^{L.CHUNK_ELEMENTS.bit_length() - 1}, "
-        f"{a.checkpoint_blocks} blocks checkpointed, first micro-batch "
+        f"{a.checkpoint_blocks} blocks checkpointed, mode {a.mode}, memory budget "
+        f"{a.memory_budget}, first micro-batch "
         f"(compile) {time.perf_counter() - began:.1f} s"
     )
     for _ in range(3):
@@ -81,6 +94,8 @@ def main() -> None:
         f"  {ms:.2f} ms per micro-batch, {opt_ms:.2f} ms per optimizer step: "
         f"{rate / 1e3:.1f}k tokens/s at {steps} micro-batches per step; peak {peak:.2f} GiB"
     )
+    if a.top == 0:
+        return
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
