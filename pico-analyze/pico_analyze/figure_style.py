@@ -330,7 +330,7 @@ def figure_workers(n_jobs: int) -> int:
 class Rendering:
     """Figure jobs being drawn (see :func:`start`); :meth:`paths` waits for them."""
 
-    def __init__(self, jobs: list[tuple], more: int = 0):
+    def __init__(self, jobs: list[tuple], more: int = 0, weights: list[float] | None = None):
         global _JOBS
         self._jobs, self._pool, self._futures = list(jobs), None, []
         workers = figure_workers(len(jobs) + more)  # `more`: jobs expected later (add)
@@ -345,7 +345,11 @@ class Rendering:
             # fork: the workers inherit the rows in memory (nothing is pickled on the way in).
             ctx = multiprocessing.get_context("fork")
             self._pool = ProcessPoolExecutor(workers, mp_context=ctx)
-            self._futures = [self._pool.submit(_run_job, i) for i in range(len(jobs))]
+            # The costliest first (weights: e.g. panels per figure), so that the workers end
+            # together; the paths stay in job order.
+            order = sorted(range(len(jobs)), key=lambda i: -(weights[i] if weights else 0))
+            futures = {i: self._pool.submit(_run_job, i) for i in order}
+            self._futures = [futures[i] for i in range(len(jobs))]
 
     def add(self, jobs: list[tuple]) -> None:
         """More figure jobs, drawn after those already started (their arguments are pickled to
@@ -367,12 +371,13 @@ class Rendering:
             _JOBS = []
 
 
-def start(jobs: list[tuple], more: int = 0) -> Rendering:
+def start(jobs: list[tuple], more: int = 0, weights: list[float] | None = None) -> Rendering:
     """Start figure jobs ``(fn, args) -> [paths]``: in forked processes when that helps (each
     figure is its own ``Figure`` object: no shared pyplot state), so the caller can go on (e.g.
     write the tables) while they draw; else they are drawn when their paths are asked for.
-    `more`: how many jobs will be added later (:meth:`Rendering.add`), for the worker count."""
-    return Rendering(jobs, more)
+    `more`: how many jobs will be added later (:meth:`Rendering.add`), for the worker count;
+    `weights`: each job's expected cost (workers take the costliest first)."""
+    return Rendering(jobs, more, weights)
 
 
 def render(jobs: list[tuple]) -> list[Path]:

@@ -366,7 +366,15 @@ def start_figures(
         for label, lrows in _by_label([r for r in rows if fs.is_cross(r)]).items():
             jobs.append((_cross_figure, (folder, label, lrows, pairs, opts)))
     jobs += layer_matrix_jobs(pairs, folder, opts)
-    return fs.start(jobs, more=layer_figures_later)
+    return fs.start(jobs, more=layer_figures_later, weights=[_panels(job) for job in jobs])
+
+
+def _panels(job: tuple) -> int:
+    """A figure job's panel count, its expected drawing cost (figure_style.start)."""
+    fn, args = job
+    if fn in (_metric_figures, _overlaid, _cross_figure):  # args: (folder, label, rows, ...)
+        return len({fs.group_key(r) for r in args[2]})
+    return 1
 
 
 def add_layer_figures(

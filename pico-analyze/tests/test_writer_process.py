@@ -150,12 +150,13 @@ def _figure_job(path):
 
 def test_figure_jobs_added_later_are_drawn_after_the_first_in_order(tmp_path):
     """figure_style.Rendering.add (the layer x layer figures come after the metric figures):
-    with forked workers (enough jobs for two on two cores) and without."""
+    with forked workers (enough jobs for two on two cores) and without; the paths stay in job
+    order whatever order the weights start the jobs in."""
     from pico_analyze import figure_style as fs
 
     for first, later in ((6, 3), (1, 1)):
         jobs = [(_figure_job, (tmp_path / f"a{i}",)) for i in range(first)]
-        drawing = fs.start(jobs, more=later)
+        drawing = fs.start(jobs, more=later, weights=list(range(first)))  # last job first
         drawing.add([(_figure_job, (tmp_path / f"b{i}",)) for i in range(later)])
         names = [p.name for p in drawing.paths()]
         assert names == [f"a{i}" for i in range(first)] + [f"b{i}" for i in range(later)]
