@@ -1,7 +1,7 @@
 """Where one compiled training micro-batch spends its GPU time, per preset.
 
     python benchmarks/profile_step.py --preset small [--chunk-log2 28] [--top 25]
-        [--mode reduce-overhead] [--memory-budget 0.5] [--checkpoint-blocks K]
+        [--mode reduce-overhead] [--memory-budget 0.5] [--checkpoint-blocks K] [--sdpa flash]
 
 Builds the preset's model (default config: bf16 autocast, compiled), runs forward + backward of
 one micro-batch of random tokens (micro-batch x seq_len of the default config) and a fused AdamW
@@ -11,7 +11,8 @@ micro-batches. --chunk-log2 sets loss.CHUNK_ELEMENTS, to compare loss block size
 --mode is torch.compile's mode (e.g. reduce-overhead: CUDA graphs); --memory-budget sets the
 compiler's activation memory budget (torch._functorch.config.activation_memory_budget: below 1
 its partitioner recomputes the cheapest saved activations in backward until they fit the
-fraction); --checkpoint-blocks recomputes whole blocks instead.
+fraction); --checkpoint-blocks recomputes whole blocks instead; --sdpa allows only one attention
+backend (flash, cudnn or efficient; see bench_attention.py).
 """
 
 from __future__ import annotations
@@ -38,7 +39,13 @@ def main() -> None:
     )
     p.add_argument("--mode", default=None, help="torch.compile mode")
     p.add_argument("--memory-budget", type=float, default=None)
+    p.add_argument("--sdpa", choices=["flash", "cudnn", "efficient"], default=None)
     a = p.parse_args()
+    if a.sdpa is not None:
+        torch.backends.cuda.enable_flash_sdp(a.sdpa == "flash")
+        torch.backends.cuda.enable_cudnn_sdp(a.sdpa == "cudnn")
+        torch.backends.cuda.enable_mem_efficient_sdp(a.sdpa == "efficient")
+        torch.backends.cuda.enable_math_sdp(False)
     if a.memory_budget is not None:
         import torch._functorch.config as functorch_config
 
@@ -68,7 +75,7 @@ def main() -> None:
     print(
         f"{a.preset}: chunk 2^{L.CHUNK_ELEMENTS.bit_length() - 1}, "
         f"{a.checkpoint_blocks} blocks checkpointed, mode {a.mode}, memory budget "
-        f"{a.memory_budget}, first micro-batch "
+        f"{a.memory_budget}, attention {a.sdpa or 'default'}, first micro-batch "
         f"(compile) {time.perf_counter() - began:.1f} s"
     )
     for _ in range(3):
