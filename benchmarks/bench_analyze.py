@@ -6,10 +6,11 @@
 Builds a synthetic run (benchmarks/analyze_runs.py; in a temporary folder unless --run-dir is
 given) of a pico-decoder shape (tiny: d_model 96, small: d_model 384; 12 heads, 4 KV heads, MLP
 4 d), 12 layers, 5 checkpoints, 128 sequences per split, in the original pico-train layout or in
-ours; then runs ``python -m pico_analyze run RUN --config CFG`` (what the ``pico-analyze`` command runs) as a child process and
-prints its wall time and the peak of the summed resident memory of the child and every process
-it starts (polled from /proc every 10 ms: each task's children and statm files, or psutil
-where the kernel lacks them), and of the largest single process (getrusage of the children).
+ours; then runs ``python -m pico_analyze run RUN --config CFG`` (what the ``pico-analyze``
+command runs) as a child process and prints its wall time and the peak of the summed resident
+memory of the child and every process it starts (polled from /proc every 10 ms: each task's
+children and statm files, or psutil where the kernel lacks them), and of the largest single
+process (getrusage of the children).
 
 Workloads:
 
