@@ -69,18 +69,24 @@ def describe_memory(config: RunConfig, gpus: int, gpu_memory_gib: float | None) 
     """Estimated memory per GPU under DDP and FSDP2, and what training.parallelism=auto picks."""
     import torch
 
-    from pico_train.parallelize import COMFORTABLE, choose_parallelism, memory_per_gpu
+    from pico_train.parallelize import (
+        COMFORTABLE,
+        choose_parallelism,
+        memory_per_gpu,
+        recomputed_blocks,
+    )
 
     if gpu_memory_gib is None:
         local = torch.cuda.is_available()
         gpu_memory_gib = torch.cuda.get_device_properties(0).total_memory / 2**30 if local else 80
     training = config.training
+    recomputed = recomputed_blocks(training, config.model.n_layers)
     need = memory_per_gpu(
         config.model,
         config.seq_len,
         training.micro_batch_size,
         gpus,
-        training.activation_checkpointing,
+        recomputed,
     )
     pick = choose_parallelism(config, gpus, gpu_memory_gib * 2**30)
     reason = {
@@ -93,7 +99,8 @@ def describe_memory(config: RunConfig, gpus: int, gpu_memory_gib: float | None) 
     return "\n".join(
         [
             f"  memory per GPU on {gpus} GPU(s), micro-batch {training.micro_batch_size} x "
-            f"{config.seq_len}, AdamW, bf16 compute (estimate):",
+            f"{config.seq_len}, AdamW, bf16 compute, {recomputed} of {config.model.n_layers} "
+            "blocks recomputed (estimate):",
             f"    DDP  {need['ddp'] / 2**30:7.1f} GiB",
             f"    FSDP {need['fsdp'] / 2**30:7.1f} GiB",
             f"  training.parallelism=auto picks: {pick} ({reason})",

@@ -69,8 +69,17 @@ def compile_enabled(training: TrainingConfig, device: torch.device) -> bool:
     return training.compile == "true"
 
 
+def recomputed_blocks(training: TrainingConfig, n_layers: int) -> int:
+    """How many blocks training.activation_checkpointing recomputes (the first ones): true is
+    every block, false none, a number that many."""
+    blocks = training.activation_checkpointing
+    if isinstance(blocks, bool):
+        return n_layers if blocks else 0
+    return blocks
+
+
 def memory_per_gpu(
-    shape: ModelConfig, seq_len: int, micro_batch: int, n_gpus: int, activation_checkpointing: bool
+    shape: ModelConfig, seq_len: int, micro_batch: int, n_gpus: int, recomputed: int
 ) -> dict[str, float]:
     """Estimated peak bytes per GPU for DDP and FSDP2 (bf16 compute, fp32 AdamW state).
 
@@ -79,9 +88,10 @@ def memory_per_gpu(
     gradients of the root (embeddings, head) and two blocks in flight. Activations kept for the
     backward, per token and layer, in bf16: the block input and norm outputs (3d), q/k/v and
     attention output (d + 2 kv + d), o_proj output (d), the MLP's gate, up, silu and product
-    (4h), and fp32 residuals (4d words); with activation checkpointing only the block input
-    (fp32) plus one block's worth. The loss adds about 2 GiB (loss.CHUNK_ELEMENTS fp32 block
-    and its gradient). An estimate: measured peaks are in BENCHMARKS.md.
+    (4h), and fp32 residuals (4d words); of each of the `recomputed` blocks (activation
+    checkpointing) only its input (fp32), plus one block's worth while it is recomputed. The loss
+    adds about 2 GiB (loss.CHUNK_ELEMENTS fp32 block and its gradient). An estimate: measured
+    peaks are in BENCHMARKS.md.
     """
     counts = parameter_counts(shape)
     n = counts["total"]
@@ -93,10 +103,10 @@ def memory_per_gpu(
     )
     per_token_layer += 4 * 2 * shape.d_model
     tokens = micro_batch * seq_len
-    if activation_checkpointing:
-        activations = tokens * (4 * shape.d_model * shape.n_layers + per_token_layer)
-    else:
-        activations = tokens * per_token_layer * shape.n_layers
+    # Peak at the start of the backward pass; a block recomputed later is recomputed when the
+    # blocks after it have been freed, so it adds to the peak only when every block is recomputed.
+    kept = max(shape.n_layers - recomputed, 1) * per_token_layer
+    activations = tokens * (kept + recomputed * 4 * shape.d_model)
     loss = 2 * 4 * CHUNK_ELEMENTS + 4 * shape.vocab_size * shape.d_model
     ddp = 16 * n + activations + loss
     fsdp = 16 * n / n_gpus + 6 * (root + 2 * block) + activations + loss
@@ -121,7 +131,7 @@ def choose_parallelism(config: RunConfig, world_size: int, device_memory: float 
         config.seq_len,
         training.micro_batch_size,
         world_size,
-        training.activation_checkpointing,
+        recomputed_blocks(training, config.model.n_layers),
     )["ddp"]
     return "ddp" if need <= COMFORTABLE * device_memory else "fsdp"
 
@@ -176,9 +186,8 @@ def parallelize(model: PicoDecoder, config: RunConfig, dist: Dist, bf16: bool) -
         from pico_train import float8
 
         float8.convert_blocks(model.model.layers)
-    if training.activation_checkpointing:
-        for block in model.model.layers:
-            _checkpoint_block(block)
+    for block in model.model.layers[: recomputed_blocks(training, len(model.model.layers))]:
+        _checkpoint_block(block)
     if mode == "fsdp":
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 

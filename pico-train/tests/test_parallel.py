@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from pico_format import CaptureReader, RunPaths, latest_step
-from pico_train.config import load_config
+from pico_train.config import ConfigError, load_config
 from pico_train.distributed import Dist, launch_command
 from pico_train.model import PicoDecoder, parameter_counts
 from pico_train.monitor import read_log
@@ -23,6 +23,7 @@ from pico_train.parallelize import (
     compile_enabled,
     memory_per_gpu,
     parallelize,
+    recomputed_blocks,
 )
 from pico_train.train import train
 
@@ -260,8 +261,8 @@ def test_auto_choices():
 
 def test_memory_estimate_orders_and_scales():
     m = load_config(overrides=["preset=1b"]).model
-    one = memory_per_gpu(m, 2048, 8, 1, False)
-    four = memory_per_gpu(m, 2048, 8, 4, False)
+    one = memory_per_gpu(m, 2048, 8, 1, 0)
+    four = memory_per_gpu(m, 2048, 8, 4, 0)
     assert four["ddp"] == one["ddp"]  # DDP replicates everything
     assert four["fsdp"] < one["fsdp"] and four["fsdp"] < four["ddp"]
     # What sharding saves: 3/4 of the 16 bytes per parameter, less the gathered root (embedding
@@ -271,8 +272,43 @@ def test_memory_estimate_orders_and_scales():
     gathered = 6 * (n - block * m.n_layers + 2 * block)
     assert one["ddp"] > 16 * n
     assert four["ddp"] - four["fsdp"] == pytest.approx(16 * n * 3 / 4 - gathered)
-    recomputed = memory_per_gpu(m, 2048, 8, 4, True)
-    assert recomputed["fsdp"] < four["fsdp"]
+    # Recomputing more blocks keeps less; a recomputed block keeps its fp32 input, and when every
+    # block is recomputed the last one's recompute is at the peak.
+    kept = [memory_per_gpu(m, 2048, 8, 1, k)["ddp"] for k in range(m.n_layers + 1)]
+    assert all(a > b for a, b in zip(kept[:-1], kept[1:-1]))
+    assert kept[-1] - kept[-2] == 4 * m.d_model * 8 * 2048
+
+
+def test_activation_checkpointing_counts_blocks_from_the_config():
+    layers = load_config(overrides=TINY).model.n_layers
+    for value, blocks in (("true", layers), ("false", 0), ("1", 1), (str(layers), layers)):
+        config = load_config(overrides=[*TINY, f"training.activation_checkpointing={value}"])
+        assert recomputed_blocks(config.training, layers) == blocks
+    for bad in (-1, layers + 1):
+        with pytest.raises(ConfigError, match=f"model.n_layers={layers}"):
+            load_config(overrides=[*TINY, f"training.activation_checkpointing={bad}"])
+    with pytest.raises(ConfigError, match="expected true/false or int, got 'some'"):
+        load_config(overrides=[*TINY, "training.activation_checkpointing=some"])
+
+
+def test_recomputing_the_first_block_only():
+    """activation_checkpointing=1: block 0 runs again in backward (its MLP is entered twice; a
+    pre-hook, since the recompute stops early, inside the MLP), block 1 does not; the gradients
+    equal a plain model's."""
+    config = load_config(overrides=[*TINY, "training.activation_checkpointing=1"])
+    torch.manual_seed(0)
+    plain = PicoDecoder(config.model)
+    recomputing = PicoDecoder(config.model)
+    recomputing.load_state_dict(plain.state_dict())
+    parallelize(recomputing, config, Dist(), bf16=False)
+    calls = [0] * len(recomputing.model.layers)
+    for i, block in enumerate(recomputing.model.layers):
+        block.mlp.register_forward_pre_hook(lambda *a, i=i: calls.__setitem__(i, calls[i] + 1))
+    x = torch.randint(0, config.model.vocab_size, (2, 16))
+    grads = [torch.autograd.grad(m(x, x), list(m.parameters())) for m in (plain, recomputing)]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+    assert calls == [2] + [1] * (len(calls) - 1)
 
 
 def test_activation_checkpointing_same_gradients_and_capture_sees_one_forward():

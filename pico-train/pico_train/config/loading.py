@@ -47,7 +47,15 @@ def _coerce(value: Any, hint: Any, path: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], path)
+        if len(inner) == 1:
+            return _coerce(value, inner[0], path)
+        for hint_option in inner:  # e.g. bool | int: the first type the value is
+            try:
+                return _coerce(value, hint_option, path)
+            except ConfigError:
+                continue
+        names = " or ".join("true/false" if h is bool else h.__name__ for h in inner)
+        raise ConfigError(f"{path}: expected {names}, got {value!r}.")
     if origin in (list, tuple):
         if isinstance(value, str):
             value = [v for v in value.replace("[", "").replace("]", "").split(",") if v.strip()]

@@ -134,7 +134,9 @@ class TrainingConfig:
     # auto: DDP while model, gradients and optimizer state fit comfortably on one device, FSDP2
     # above (parallelize.choose_parallelism); ddp | fsdp force one. One process: neither.
     parallelism: str = "auto"
-    activation_checkpointing: bool = False  # recompute each block's activations in backward
+    # Recompute blocks' activations in backward instead of keeping them: true (every block),
+    # false, or a number N (the first N blocks), trading speed for memory (parallelize.py).
+    activation_checkpointing: bool | int = False
     seed: int = 42  # model initialisation and any sampling
     max_bad_steps: int = 5  # non-finite losses in a row before the run stops
 

@@ -69,6 +69,7 @@ def validate(config: RunConfig) -> None:
     validate_model(config.model)
     _validate_data(config)
     _validate_training(config.training)
+    _validate_recompute(config.training.activation_checkpointing, config.model.n_layers)
     if config.training.precision == "fp8":
         _validate_float8_shape(config.model)
     _validate_checkpointing(config.checkpointing, config.training.max_steps)
@@ -167,6 +168,18 @@ def _validate_training(training: TrainingConfig) -> None:
         f"'{training.parallelism}' is not one of auto, ddp, fsdp.",
     )
     _require(training.max_bad_steps > 0, "training.max_bad_steps", "must be positive.")
+
+
+def _validate_recompute(blocks: bool | int, n_layers: int) -> None:
+    """training.activation_checkpointing: true, false, or a number of blocks the model has."""
+    if isinstance(blocks, bool):
+        return
+    _require(
+        0 <= blocks <= n_layers,
+        "training.activation_checkpointing",
+        f"{blocks} blocks: give true (every block), false, or a number of blocks from 0 to "
+        f"model.n_layers={n_layers}.",
+    )
 
 
 def _validate_checkpointing(checkpointing: CheckpointConfig, max_steps: int) -> None:
