@@ -106,6 +106,10 @@ def memory_per_gpu(
     # Peak at the start of the backward pass; a block recomputed later is recomputed when the
     # blocks after it have been freed, so it adds to the peak only when every block is recomputed.
     kept = max(shape.n_layers - recomputed, 1) * per_token_layer
+    if recomputed:
+        # Measured on an H200 (1b, compiled; BENCHMARKS.md): with recompute the peak runs about
+        # two blocks' worth above the count above (13 of 18 blocks: 37.0 GiB, all: 31.9 GiB).
+        kept += 2 * per_token_layer
     activations = tokens * (kept + recomputed * 4 * shape.d_model)
     loss = 2 * 4 * CHUNK_ELEMENTS + 4 * shape.vocab_size * shape.d_model
     ddp = 16 * n + activations + loss
