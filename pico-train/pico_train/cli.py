@@ -96,15 +96,42 @@ def describe_memory(config: RunConfig, gpus: int, gpu_memory_gib: float | None) 
     }[pick]
     if training.parallelism != "auto" and gpus > 1:
         reason = f"training.parallelism={training.parallelism}"
-    return "\n".join(
-        [
-            f"  memory per GPU on {gpus} GPU(s), micro-batch {training.micro_batch_size} x "
-            f"{config.seq_len}, AdamW, bf16 compute, {recomputed} of {config.model.n_layers} "
-            "blocks recomputed (estimate):",
-            f"    DDP  {need['ddp'] / 2**30:7.1f} GiB",
-            f"    FSDP {need['fsdp'] / 2**30:7.1f} GiB",
-            f"  training.parallelism=auto picks: {pick} ({reason})",
-        ]
+    lines = [
+        f"  memory per GPU on {gpus} GPU(s), micro-batch {training.micro_batch_size} x "
+        f"{config.seq_len}, AdamW, bf16 compute, {recomputed} of {config.model.n_layers} "
+        "blocks recomputed (estimate):",
+        f"    DDP  {need['ddp'] / 2**30:7.1f} GiB",
+        f"    FSDP {need['fsdp'] / 2**30:7.1f} GiB",
+        f"  training.parallelism=auto picks: {pick} ({reason})",
+    ]
+    mode = "fsdp" if pick == "fsdp" else "ddp"
+    if need[mode] > FITS * gpu_memory_gib * 2**30:
+        lines.append(_fit_hint(config, gpus, gpu_memory_gib, mode, recomputed))
+    return "\n".join(lines)
+
+
+FITS = 0.9  # an estimate above this share of a GPU's memory is reported as not fitting
+
+
+def _fit_hint(config: RunConfig, gpus: int, gpu_memory_gib: float, mode: str, now: int) -> str:
+    """How to fit a run whose estimate exceeds FITS of the GPU: the fewest blocks to recompute
+    (training.activation_checkpointing), else more GPUs or a smaller micro-batch."""
+    from pico_train.parallelize import memory_per_gpu
+
+    training, layers = config.training, config.model.n_layers
+    limit = FITS * gpu_memory_gib * 2**30
+    more = "more GPUs" if mode == "fsdp" else "more GPUs with FSDP"
+    for blocks in range(now + 1, layers + 1):
+        need = memory_per_gpu(config.model, config.seq_len, training.micro_batch_size, gpus, blocks)
+        if need[mode] <= limit:
+            return (
+                f"  does not fit {FITS:.0%} of {gpu_memory_gib:g} GiB: --set "
+                f"training.activation_checkpointing={blocks} (estimate "
+                f"{need[mode] / 2**30:.1f} GiB), or {more}"
+            )
+    return (
+        f"  does not fit {FITS:.0%} of {gpu_memory_gib:g} GiB even with every block recomputed:"
+        f" use {more} or a smaller training.micro_batch_size"
     )
 
 

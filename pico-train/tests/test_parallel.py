@@ -343,4 +343,9 @@ def test_info_estimates_memory_per_gpu_and_names_the_choice():
     out = CliRunner().invoke(
         main, ["info", "--preset", "1b", "--gpus", "2", "--gpu-memory-gib", "141"]
     )
-    assert "auto picks: ddp" in out.output
+    assert "auto picks: ddp" in out.output and "does not fit" not in out.output
+    one_40 = ["info", "--preset", "1b", "--gpus", "1", "--gpu-memory-gib", "40"]
+    out = CliRunner().invoke(main, one_40).output
+    assert "does not fit 90% of 40 GiB: --set training.activation_checkpointing=14" in out
+    out = CliRunner().invoke(main, [*one_40[:-1], "24"]).output
+    assert "even with every block recomputed" in out
