@@ -104,11 +104,16 @@ def _fail(err: Exception):
     raise _BadInput(str(err)) from None
 
 
-def _analyse(function, *args, **kwargs) -> None:
-    """Run an analysis (analyze_run or compare_runs); a bad input is one line and exit 2."""
+def _analyse(
+    function, target, config, out, *, no_progress, formats, dpi, x_axis, **options
+) -> None:
+    """Run an analysis (analyze_run or compare_runs) with the commands' common options; a bad
+    input is one line and exit 2."""
+    progress = False if no_progress else None
+    figures = _figures(formats, dpi, x_axis)
     try:
         with frozen_objects():  # torch and the analysis modules: out of every collection
-            result = function(*args, **kwargs)
+            result = function(target, config, out, progress=progress, figures=figures, **options)
     except (ConfigError, SourceError, RunFormatError, ValueError) as err:
         _fail(err)
     finally:
@@ -151,35 +156,12 @@ def main(verbose: bool) -> None:
 )
 @click.option("--revision", default=None, help="Hub branch/commit when RUN_DIR is a repo id.")
 @_common
-def run(
-    run_dir,
-    out,
-    revision,
-    config,
-    device,
-    workers,
-    force_train_split,
-    no_progress,
-    formats,
-    dpi,
-    x_axis,
-):
+def run(run_dir, out, revision, **common):
     """Analyse every checkpoint of RUN_DIR: a run directory, an original pico-train run, or a
     Hugging Face repo id (hf://owner/name[@branch])."""
     from pico_analyze.analyze import analyze_run
 
-    _analyse(
-        analyze_run,
-        run_dir,
-        config,
-        out,
-        device=device,
-        workers=workers,
-        force_train_split=force_train_split,
-        progress=False if no_progress else None,
-        revision=revision,
-        figures=_figures(formats, dpi, x_axis),
-    )
+    _analyse(analyze_run, run_dir, out=out, revision=revision, **common)
 
 
 @main.command()
@@ -192,26 +174,14 @@ def run(
     help="Output folder (default: FIRST_RUN/analysis-compare).",
 )
 @_common
-def compare(
-    runs, out, config, device, workers, force_train_split, no_progress, formats, dpi, x_axis
-):
+def compare(runs, out, **common):
     """Compare RUNS step by step: metric curves overlaid, and similarity of their activations
     on the shared eval batch (CKA works across widths)."""
     from pico_analyze.analyze import compare_runs
 
     if len(runs) < 2:
         _fail(ValueError("compare needs at least two runs."))
-    _analyse(
-        compare_runs,
-        list(runs),
-        config,
-        out,
-        device=device,
-        workers=workers,
-        force_train_split=force_train_split,
-        progress=False if no_progress else None,
-        figures=_figures(formats, dpi, x_axis),
-    )
+    _analyse(compare_runs, list(runs), out=out, **common)
 
 
 @main.command()

@@ -60,15 +60,7 @@ SWEEP_SHAPES = (("w32", 32, 4), ("w64", 64, 4), ("w64-l8", 64, 8))
 # a 1B-class preset (LLaMA-style 8/3*d SwiGLU rounded to 128, Qwen2 vocabulary, untied head:
 # 1,457,596,416 parameters), and a CPU-sized demo shape with its sweep family.
 PRESETS: dict[str, ModelConfig] = {
-    "demo": ModelConfig(
-        d_model=128,
-        n_layers=4,
-        n_heads=4,
-        n_kv_heads=2,
-        mlp_hidden=512,
-        vocab_size=4096,
-        max_seq_len=256,
-    ),
+    "demo": _demo(128, 4),
     **{f"demo-{name}": _demo(d, layers) for name, d, layers in SWEEP_SHAPES},
     "tiny": _suite(96),
     "small": _suite(384),
