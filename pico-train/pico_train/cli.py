@@ -269,8 +269,16 @@ def train(config_path, preset, overrides, force, device) -> None:
         _fail(str(err))
     except OSError as err:  # e.g. a run_dir that cannot be created
         _fail(f"{err.filename or ''}: {err.strerror or err}".lstrip(": "))
-    if os.environ.get("RANK", "0") != "0":
-        return  # under torchrun, rank 0 reports
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
+        _report(result)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from pico_train.distributed import end_worker
+
+        end_worker(0)  # the process group is torn down and every file closed (train.train)
+
+
+def _report(result) -> None:
+    """The one-line summary of a finished training command."""
     ran = result.steps - result.start_step
     if ran > 0:
         ppl = result.eval.get("eval_perplexity")

@@ -128,7 +128,17 @@ def stop_on_error(err: BaseException, same_on_every_rank: tuple[type, ...] = ())
         message = f"{trace}(the error above happened on rank {rank}; every rank stops)"
     if message:
         print(message, file=sys.stderr, flush=True)
-    sys.stdout.flush()
+    end_worker(code)
+
+
+def end_worker(code: int = 0) -> None:
+    """End a torchrun worker now: flush the standard streams and exit without the interpreter's
+    finalization, where gloo's worker threads can still hold tensors whose release then aborts
+    the process (SIGABRT, "terminate called without an active exception": seen once in CI, a
+    rank of a finished two-rank gloo run). Call it only once the process group is torn down or
+    broken and every file is closed."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
     os._exit(code)
 
 

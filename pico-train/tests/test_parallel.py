@@ -177,9 +177,12 @@ def test_a_rank_failing_inside_a_checkpoint_stops_every_rank(tmp_path):
     elapsed = time.perf_counter() - began
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    # The error is printed once, by the rank it happened on; the other rank says it stopped.
+    # The error is printed once, by the rank it happened on; the other rank either sees its
+    # collective fail and says it stopped, or is stopped first by torchrun (SIGTERM): which one
+    # comes first is a race between gloo's broken connection and torchrun's monitor.
     assert output.count("RuntimeError: injected failure inside a checkpoint") == 1, output[-4000:]
-    assert "happened on rank 1" in output and "rank 0 stopped" in output
+    assert "happened on rank 1" in output, output[-4000:]
+    assert "rank 0 stopped" in output or "Signal 15 (SIGTERM) received by PID" in output
     assert elapsed < 200  # bounded: start-up plus two steps (slow on a loaded CPU), not a hang
     assert latest_step(RunPaths(tmp_path / "run")) is None  # no half checkpoint published
 
