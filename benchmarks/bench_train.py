@@ -11,10 +11,11 @@
 Trains into a temporary run directory with the real loop (data, checkpoints, captures,
 evaluation included) and prints the total time, the steady tokens/s from the log (median over
 steps after the second, checkpoint steps excluded), and on CUDA the MFU per GPU against a peak
-given by --peak-tflops and the peak memory allocated on the first GPU. With --preset the run is
-the preset with the default config at full context (2048) for --steps steps; nothing else is
-changed, so compile, the loss and the parallelism are what a user gets with no flags. Under
-torchrun rank 0 prints.
+given by --peak-tflops and the peak memory allocated and reserved on the first GPU (under CUDA
+graphs the replays draw on memory reserved when the graphs were recorded, which the allocated
+figure counts only then). With --preset the run is the preset with the default config at full
+context (2048) for --steps steps; nothing else is changed, so compile, the loss and the
+parallelism are what a user gets with no flags. Under torchrun rank 0 prints.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def main() -> None:
             for r in log
             if "tokens_per_s" in r and r["step"] not in saves and r["step"] > 2
         ]
-        compile_s = [r["compile_s"] for r in log if "compile_s" in r]
+        compiles = [r for r in log if "compile_s" in r]
     if not rank0:
         return
     device = (
@@ -103,14 +104,16 @@ def main() -> None:
             else "not measured"
         )
     )
-    if compile_s:
-        print(f"  first step (torch.compile included): {compile_s[0]:.1f} s")
+    if compiles:
+        graphs = " with CUDA graphs" if compiles[0].get("cuda_graphs") else ""
+        print(f"  first step (torch.compile{graphs} included): {compiles[0]['compile_s']:.1f} s")
     if torch.cuda.is_available():
         flops = training_flops_per_token(config.model, config.seq_len)
         mfu = rate / world * flops / (a.peak_tflops * 1e12) * 100
         peak = torch.cuda.max_memory_allocated() / 2**30
+        held = torch.cuda.max_memory_reserved() / 2**30
         print(f"  MFU per GPU: {mfu:.1f}% of {a.peak_tflops:g} TFLOP/s")
-        print(f"  peak memory allocated (GPU 0): {peak:.1f} GiB")
+        print(f"  peak memory allocated (GPU 0): {peak:.1f} GiB; reserved: {held:.1f} GiB")
 
 
 if __name__ == "__main__":

@@ -1,18 +1,20 @@
 """Where one compiled training micro-batch spends its GPU time, per preset.
 
     python benchmarks/profile_step.py --preset small [--chunk-log2 28] [--top 25]
-        [--mode reduce-overhead] [--memory-budget 0.5] [--checkpoint-blocks K] [--sdpa flash]
+        [--compile cudagraphs] [--memory-budget 0.5] [--checkpoint-blocks K] [--sdpa flash]
 
-Builds the preset's model (default config: bf16 autocast, compiled), runs forward + backward of
-one micro-batch of random tokens (micro-batch x seq_len of the default config) and a fused AdamW
-step, then prints: milliseconds per micro-batch (forward + backward) and per optimizer step, the
-tokens/s and peak memory they imply, and torch.profiler's kernels by GPU time over two
-micro-batches. --chunk-log2 sets loss.CHUNK_ELEMENTS, to compare loss block sizes in the model;
---mode is torch.compile's mode (e.g. reduce-overhead: CUDA graphs); --memory-budget sets the
-compiler's activation memory budget (torch._functorch.config.activation_memory_budget: below 1
-its partitioner recomputes the cheapest saved activations in backward until they fit the
-fraction); --checkpoint-blocks recomputes whole blocks instead; --sdpa allows only one attention
-backend (flash, cudnn or efficient; see bench_attention.py).
+Builds the preset's model (default config: bf16 autocast, compiled as `training.compile: auto`
+does), runs forward + backward of one micro-batch of random tokens (micro-batch x seq_len of the
+default config) through the training loop's `parallelize` and a fused AdamW step, then prints:
+milliseconds per micro-batch (forward + backward) and per optimizer step, the tokens/s and peak
+memory they imply, and torch.profiler's kernels by GPU time over two micro-batches.
+--chunk-log2 sets loss.CHUNK_ELEMENTS, to compare loss block sizes in the model; --compile is
+training.compile (auto and true: torch.compile; cudagraphs: also CUDA graphs); --memory-budget
+sets the compiler's activation memory budget
+(torch._functorch.config.activation_memory_budget: below 1 its partitioner recomputes the
+cheapest saved activations in backward until they fit the fraction); --checkpoint-blocks
+recomputes whole blocks instead; --sdpa allows only one attention backend (flash, cudnn or
+efficient; see bench_attention.py).
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ import torch
 
 from pico_train import loss as L
 from pico_train.config import load_config
+from pico_train.distributed import Dist
 from pico_train.model import PicoDecoder
-from pico_train.parallelize import _checkpoint_block
+from pico_train.parallelize import parallelize
 
 
 def main() -> None:
@@ -37,7 +40,7 @@ def main() -> None:
     p.add_argument(
         "--checkpoint-blocks", type=int, default=0, help="recompute the first K blocks in backward"
     )
-    p.add_argument("--mode", default=None, help="torch.compile mode")
+    p.add_argument("--compile", default="auto", help="training.compile")
     p.add_argument("--memory-budget", type=float, default=None)
     p.add_argument("--sdpa", choices=["flash", "cudnn", "efficient"], default=None)
     a = p.parse_args()
@@ -52,21 +55,26 @@ def main() -> None:
         functorch_config.activation_memory_budget = a.memory_budget
     if a.chunk_log2 is not None:
         L.CHUNK_ELEMENTS = 1 << a.chunk_log2
-    config = load_config(None, [f"preset={a.preset}"])
+    config = load_config(
+        None,
+        [
+            f"preset={a.preset}",
+            f"training.compile={a.compile}",
+            f"training.activation_checkpointing={a.checkpoint_blocks}",
+        ],
+    )
     device = torch.device("cuda")
     torch.manual_seed(0)
     model = PicoDecoder(config.model).to(device)
-    for block in model.model.layers[: a.checkpoint_blocks]:
-        _checkpoint_block(block)
+    par = parallelize(model, config, Dist(device=device), bf16=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    compiled = torch.compile(model, mode=a.mode)
     b, t = config.training.micro_batch_size, config.seq_len
     ids = torch.randint(0, config.model.vocab_size, (b, t + 1), device=device)
 
     def micro_batch():
-        torch.compiler.cudagraph_mark_step_begin()  # reduce-overhead: a new graph replay
+        par.begin_micro_batch()  # CUDA graphs: a new replay, gradient buffers in place
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = compiled(ids[:, :-1], ids[:, 1:])
+            loss = par.forward(ids[:, :-1], ids[:, 1:])
         loss.backward()
 
     began = time.perf_counter()
@@ -74,7 +82,8 @@ def main() -> None:
     torch.cuda.synchronize()
     print(
         f"{a.preset}: chunk 2^{L.CHUNK_ELEMENTS.bit_length() - 1}, "
-        f"{a.checkpoint_blocks} blocks checkpointed, mode {a.mode}, memory budget "
+        f"{a.checkpoint_blocks} blocks checkpointed, compile {a.compile} (CUDA graphs "
+        f"{par.cuda_graphs}), memory budget "
         f"{a.memory_budget}, attention {a.sdpa or 'default'}, first micro-batch "
         f"(compile) {time.perf_counter() - began:.1f} s"
     )

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from pico_train.config import ModelConfig, RunConfig, TrainingConfig
+from pico_train.config import ConfigError, ModelConfig, RunConfig, TrainingConfig
 from pico_train.distributed import Dist
 from pico_train.loss import CHUNK_ELEMENTS
 from pico_train.model import PicoDecoder, parameter_counts
@@ -42,6 +42,25 @@ class Parallel:
     forward: Callable[..., torch.Tensor]  # (input_ids, targets) -> mean loss
     compiled: bool
     ddp: nn.Module | None = None
+    cuda_graphs: bool = False  # forward and backward replayed as CUDA graphs (compile_mode)
+
+    def begin_micro_batch(self) -> None:
+        """Call before each micro-batch's forward.
+
+        Under CUDA graphs a new replay begins, so the previous replay's outputs may be
+        overwritten (the loop keeps none of them: it adds the detached loss to its own sum before
+        the next call). Every parameter gets a .grad buffer first: the backward graph's gradients
+        are then added into it. Without one, autograd would keep the first micro-batch's graph
+        output itself as .grad, and the next replay would overwrite it
+        (pytorch/pytorch#169545: wrong or refused gradient accumulation). The loop then zeroes
+        the buffers after each step instead of freeing them.
+        """
+        if not self.cuda_graphs:
+            return
+        torch.compiler.cudagraph_mark_step_begin()
+        for p in self.model.parameters():
+            if p.grad is None and p.requires_grad:
+                p.grad = torch.zeros_like(p)
 
     def grad_sync(self, last: bool):
         """Context for one micro-batch's backward: reduce gradients on the last one only."""
@@ -62,11 +81,32 @@ class Parallel:
 # ----------------------------------------------------------------------------------------------
 
 
-def compile_enabled(training: TrainingConfig, device: torch.device) -> bool:
-    """training.compile: auto compiles on CUDA only (compiling costs more than it saves on CPU)."""
-    if training.compile == "auto":
-        return device.type == "cuda"
-    return training.compile == "true"
+def compile_mode(training: TrainingConfig, device: torch.device, world_size: int) -> str:
+    """training.compile resolved: "eager", "compiled" (torch.compile) or "cudagraphs"
+    (torch.compile's mode reduce-overhead: each micro-batch's forward and backward replayed as
+    CUDA graphs, so the CPU launches two graphs instead of thousands of kernels).
+
+    auto: compiled on CUDA, eager on CPU (compiling costs more than it saves there). CUDA graphs
+    only when asked for: on an H200 they were at most 2.5% faster and at 1b the loss curve left
+    the compiled run's after step 7 (BENCHMARKS.md, "CUDA graphs"). Asked for where they cannot
+    run (CPU, several processes), they are refused.
+    """
+    choice = training.compile
+    if choice == "false" or (choice == "auto" and device.type != "cuda"):
+        return "eager"
+    if choice in ("true", "auto"):
+        return "compiled"
+    if device.type != "cuda":
+        raise ConfigError(
+            f"training.compile=cudagraphs needs a CUDA device (this run is on {device.type}); "
+            f"use auto or true."
+        )
+    if world_size > 1:
+        raise ConfigError(
+            f"training.compile=cudagraphs runs in one process only (this run has {world_size}); "
+            f"use auto or true under torchrun."
+        )
+    return "cudagraphs"
 
 
 def recomputed_blocks(training: TrainingConfig, n_layers: int) -> int:
@@ -185,7 +225,8 @@ def parallelize(model: PicoDecoder, config: RunConfig, dist: Dist, bf16: bool) -
     """
     training = config.training
     mode = choose_parallelism(config, dist.world_size, device_memory(dist.device))
-    compiled = compile_enabled(training, dist.device)
+    how = compile_mode(training, dist.device, dist.world_size)
+    compiled = how != "eager"
     if training.precision == "fp8":  # the device was checked (float8.float8_problem) by train
         from pico_train import float8
 
@@ -212,8 +253,8 @@ def parallelize(model: PicoDecoder, config: RunConfig, dist: Dist, bf16: bool) -
         ids = [dist.device.index] if dist.device.type == "cuda" else None
         ddp = forward = DistributedDataParallel(model, device_ids=ids)
     if compiled:
-        forward = torch.compile(forward)
-    return Parallel(mode, model, forward, compiled, ddp)
+        forward = torch.compile(forward, mode="reduce-overhead" if how == "cudagraphs" else None)
+    return Parallel(mode, model, forward, compiled, ddp, cuda_graphs=how == "cudagraphs")
 
 
 # ----------------------------------------------------------------------------------------------

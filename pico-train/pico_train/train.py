@@ -194,6 +194,7 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.dist.device)
         for i, chunk in enumerate(micro):
             chunk = chunk.to(self.dist.device, non_blocking=True)
+            self.parallel.begin_micro_batch()  # CUDA graphs: a new replay
             # DDP and FSDP reduce gradients over ranks on the last micro-batch only.
             with self.parallel.grad_sync(last=i == len(micro) - 1):
                 with self.autocast():
@@ -244,7 +245,8 @@ class Trainer:
                 f"step {counters.step + 1}: non-finite loss/gradient ({loss_value}, "
                 f"{norm_value}); step skipped ({counters.bad_in_row} in a row)."
             )
-        self.optimizer.zero_grad(set_to_none=True)
+        # CUDA graphs add into kept .grad buffers (Parallel.begin_micro_batch): zero, not free.
+        self.optimizer.zero_grad(set_to_none=not self.parallel.cuda_graphs)
         tokens_per_step = training.global_batch_size * self.config.seq_len
         counters.step += 1
         counters.tokens_seen += tokens_per_step
@@ -256,8 +258,12 @@ class Trainer:
         if self._compile_pending:  # the first step of a compiled model includes compiling it
             self._compile_pending = False
             seconds = time.perf_counter() - tick
-            monitor.log({"step": counters.step, "compile_s": seconds})
-            monitor.write(f"torch.compile: first step {seconds:.1f} s, compilation included.")
+            graphs = self.parallel.cuda_graphs
+            monitor.log({"step": counters.step, "compile_s": seconds, "cuda_graphs": graphs})
+            monitor.write(
+                f"torch.compile{' with CUDA graphs' if graphs else ''}: first step "
+                f"{seconds:.1f} s, compilation included."
+            )
         if counters.bad_in_row >= training.max_bad_steps:
             raise TrainingError(
                 f"{counters.bad_in_row} non-finite losses in a row at step {counters.step} "

@@ -122,7 +122,9 @@ class TrainingConfig:
     # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16 | fp8 (bf16 with float8 block
     # projections through torchao, float8.py; GPUs of compute capability >= 8.9)
     precision: str = "auto"
-    compile: str = "auto"  # auto (compiled on CUDA, eager on CPU) | true | false
+    # auto (compiled on CUDA, eager on CPU) | true | false | cudagraphs (compiled, each
+    # micro-batch replayed as CUDA graphs; one CUDA process only; parallelize.compile_mode)
+    compile: str = "auto"
     # auto: DDP while model, gradients and optimizer state fit comfortably on one device, FSDP2
     # above (parallelize.choose_parallelism); ddp | fsdp force one. One process: neither.
     parallelism: str = "auto"

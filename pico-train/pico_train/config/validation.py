@@ -158,9 +158,9 @@ def _validate_training(training: TrainingConfig) -> None:
     )
     training.compile = str(training.compile).lower()
     _require(
-        training.compile in ("auto", "true", "false"),
+        training.compile in ("auto", "true", "false", "cudagraphs"),
         "training.compile",
-        f"'{training.compile}' is not one of auto, true, false.",
+        f"'{training.compile}' is not one of auto, true, false, cudagraphs.",
     )
     _require(
         training.parallelism in ("auto", "ddp", "fsdp"),
