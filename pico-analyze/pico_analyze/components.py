@@ -196,18 +196,20 @@ def qk_weights(w_q: torch.Tensor, w_k: torch.Tensor, shape: ModelShape) -> torch
     return torch.bmm(*qk_weight_factors(w_q, w_k, shape))
 
 
-def concat_heads(per_head: torch.Tensor) -> torch.Tensor:
-    """Stack heads side by side: (H, r, c) -> ``[X_1 | ... | X_H]`` (r, H*c).
+def heads_side_by_side(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Every head's product ``X_h = A_h @ B_h`` for A (H, r, k) and B (H, k, c), laid out
+    (r, H, c): ``out[:, h]`` is ``X_h`` and ``out.view(r, H * c)`` is ``[X_1 | ... | X_H]``.
 
     Weights and gradients: ``[M_1 | ... | M_H]`` (d x H*d); activations ``[a_1 | ... | a_H]``
-    (n x H*d), the per-head writes of a token as one feature vector.
+    (n x H*d), the per-head writes of a token as one feature vector. The batched product writes
+    straight into this layout (each head's output rows have a stride of H*c), so the
+    concatenation costs no copy (a permuted copy of the stacked products took as long as the
+    products themselves); the values equal ``torch.bmm(a, b)``'s bit for bit.
     """
-    h, r, c = per_head.shape
-    # The same copy as per_head.permute(1, 0, 2).reshape(r, h * c), written head by head into
-    # the permuted view of the result (~5x faster than reshape's copy of the permuted view).
-    out = per_head.new_empty(r, h, c)
-    out.permute(1, 0, 2).copy_(per_head)
-    return out.view(r, h * c)
+    h, r, c = a.shape[0], a.shape[1], b.shape[2]
+    out = a.new_empty(r, h, c)
+    torch.bmm(a, b, out=out.permute(1, 0, 2))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -314,14 +316,11 @@ def build(
             t["weights:o_proj"],
             shape,
         )
-    stacked = torch.bmm(a, b)
+    heads = heads_side_by_side(a, b)  # (m, H, n): heads[:, h] is head h's matrix
     out = []
     if spec.heads in ("per_head", "both"):
-        out += [
-            ComponentValue(spec.type, h, stacked[h], (a[h], b[h])) for h in range(stacked.shape[0])
-        ]
+        out += [ComponentValue(spec.type, h, heads[:, h], (a[h], b[h])) for h in range(a.shape[0])]
     if spec.heads in ("concat", "both"):
-        out.append(
-            ComponentValue(f"{spec.type}_concat", None, concat_heads(stacked), head_factors=(a, b))
-        )
+        concat = heads.view(heads.shape[0], -1)
+        out.append(ComponentValue(f"{spec.type}_concat", None, concat, head_factors=(a, b)))
     return out

@@ -8,9 +8,10 @@ import torch
 from pico_analyze.components import (
     ComponentSpec,
     build,
-    concat_heads,
+    heads_side_by_side,
     ov_activations,
     ov_gradients,
+    ov_weight_factors,
     ov_weights,
     qk_weights,
 )
@@ -46,10 +47,11 @@ def test_ov_weights_equal_explicit_per_head_products(attn):
         w_v_g = attn["w_v"][g * 8 : (g + 1) * 8, :]  # (hd, d)
         torch.testing.assert_close(m[h], w_o_h @ w_v_g)
         assert torch.linalg.matrix_rank(m[h]) == 8
-    concat = concat_heads(m)
-    assert concat.shape == (32, 4 * 32)
+    heads = heads_side_by_side(*ov_weight_factors(attn["w_v"], attn["w_o"], SHAPE))
+    concat = heads.view(32, 4 * 32)  # [M_1 | ... | M_H], no copy
     for h in range(4):
-        torch.testing.assert_close(concat[:, h * 32 : (h + 1) * 32], m[h])
+        assert torch.equal(heads[:, h], m[h])  # the same products, bit for bit
+        assert torch.equal(concat[:, h * 32 : (h + 1) * 32], m[h])
 
 
 def test_ov_weights_sum_to_the_attention_output_map(attn):
@@ -70,7 +72,6 @@ def test_ov_activations_equal_x_times_ov_weights(attn):
     assert a.shape == (4, 6, 32) and a.dtype == torch.float64
     for h in range(4):
         torch.testing.assert_close(a[h], x @ m[h].T, rtol=1e-5, atol=1e-5)
-    assert concat_heads(a).shape == (6, 4 * 32)
 
 
 def test_ov_gradient_is_the_first_order_change_of_m(attn):

@@ -87,9 +87,13 @@ def float64(x: torch.Tensor) -> torch.Tensor:
 def norm64(x: torch.Tensor, ord: float = 2) -> float:
     """``||x||_ord`` of the flattened ``x``, accumulated in float64 without a float64 copy of
     ``x`` (``torch.linalg.vector_norm(..., dtype=float64)`` casts entry by entry): the same value
-    as the norm of ``float64(x)``. ord 1 sums ``|x_i|`` without an ``|x|`` copy either."""
+    as the norm of ``float64(x)``. ord 1 sums ``|x_i|`` without an ``|x|`` copy either.
+    A strided view (e.g. one head of the heads laid side by side) is summed as its contiguous
+    copy, so the value does not depend on the layout (the reduction order follows it)."""
     if x.device.type == "mps":
         x = x.cpu()
+    if not x.is_contiguous():
+        x = x.contiguous()
     if not x.is_floating_point():
         x = x.to(torch.float64)
     return float(torch.linalg.vector_norm(x, ord, dtype=torch.float64))

@@ -34,12 +34,12 @@ def _sorted_magnitudes(x: torch.Tensor) -> torch.Tensor:
     in the stored dtype (casting to float64 is monotone, so the order is the same); the float64
     copy is made after it.
     """
-    c = x.detach().reshape(-1)
+    c = x.detach()
     if c.device.type == "cpu" and c.dtype in (torch.float32, torch.float64):
-        a = np.abs(c.numpy())
+        a = np.abs(c.numpy()).reshape(-1)  # |x| is a fresh array: flattening it is free
         a.sort()
         return torch.from_numpy(a.astype(np.float64, copy=False))
-    return float64(torch.sort(c.abs()).values)
+    return float64(torch.sort(c.abs().reshape(-1)).values)
 
 
 @lru_cache(maxsize=8)
@@ -77,7 +77,7 @@ def hoyer(x: torch.Tensor) -> float:
     0 for equal magnitudes, 1 for a single non-zero entry. ``x`` has any shape (flattened,
     N = numel >= 2).
     """
-    c = float64(as_tensor(x, "x")).reshape(-1).abs()
+    c = float64(as_tensor(x, "x")).abs().reshape(-1)  # |x| is fresh: flattening it is free
     n = c.numel()
     if n < 2:
         raise MetricError("Hoyer sparsity needs at least 2 entries (it divides by sqrt(N) - 1)")
