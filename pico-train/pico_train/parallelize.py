@@ -87,9 +87,9 @@ def compile_mode(training: TrainingConfig, device: torch.device, world_size: int
     CUDA graphs, so the CPU launches two graphs instead of thousands of kernels).
 
     auto: compiled on CUDA, eager on CPU (compiling costs more than it saves there). CUDA graphs
-    only when asked for: on an H200 they were at most 2.5% faster and at 1b the loss curve left
-    the compiled run's after step 7 (BENCHMARKS.md, "CUDA graphs"). Asked for where they cannot
-    run (CPU, several processes), they are refused.
+    only when asked for: on an H200 they were at most 2.5% faster (BENCHMARKS.md, "CUDA
+    graphs"; their curves agree with plain compile's to its own run-to-run variation). Asked
+    for where they cannot run (CPU, several processes), they are refused.
     """
     choice = training.compile
     if choice == "false" or (choice == "auto" and device.type != "cuda"):
