@@ -278,6 +278,8 @@ def test_cudagraphs_is_refused_where_it_cannot_run(tmp_path):
         load_config(overrides=[*TINY, "training.compile=graphs"])
 
 
+# cudagraph_mark_step_begin imports inductor modules that use torch.jit.script_method
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 def test_kept_gradient_buffers_train_bit_for_bit_like_freed_ones(reference, tmp_path, monkeypatch):
     """What the loop does under CUDA graphs besides replaying them (a .grad buffer for every
     parameter before the first micro-batch, zeroed instead of freed after each step), here on
