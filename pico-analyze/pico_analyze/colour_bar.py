@@ -12,7 +12,6 @@ and the label, which is placed when the figure is drawn, beyond the widest tick 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,9 +44,6 @@ class ColourBar:
     offset: Text | None
     label: Text
 
-    def artists(self) -> list:
-        return [*self.tick_labels, self.label] + ([self.offset] if self.offset else [])
-
 
 def _ticks(low: float, high: float, log: bool) -> tuple[list[float], list[str], str]:
     """Tick values within [low, high], their labels and the formatter's offset text."""
@@ -55,7 +51,6 @@ def _ticks(low: float, high: float, log: bool) -> tuple[list[float], list[str], 
     formatter = LogFormatterSciNotation() if log else ScalarFormatter()
     for helper in (locator, formatter):
         helper.create_dummy_axis()
-    for helper in (locator, formatter):
         helper.axis.set_view_interval(low, high)
     slack = 1e-9 * (high - low)
     values = [float(v) for v in locator() if low - slack <= v <= high + slack]
@@ -102,11 +97,7 @@ def colour_bar(ax, image, label: str, log: bool) -> ColourBar:
     ax.add_artist(outline)
 
     values, texts, offset = _ticks(low, high, log)
-    if log:
-        span = math.log(high) - math.log(low)
-        where = [(math.log(v) - math.log(low)) / span for v in values]
-    else:
-        where = [(v - low) / (high - low) for v in values]
+    where = [float(image.norm(v)) for v in values]  # the heatmap's own value -> colour map
     ax.add_artist(
         Line2D(
             [right] * len(where),

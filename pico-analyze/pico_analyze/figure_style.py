@@ -261,7 +261,7 @@ def legend_rows(n_entries: int, n_cols: int = 4) -> int:
 COLORBAR_ROOM = 1.0  # inches right of a heatmap panel: its colour bar, tick labels and label
 
 
-def colorbar(fig, image, ax, label: str, log: bool):
+def colorbar(image, ax, label: str, log: bool):
     """A labelled colour bar right of `ax`, in the margin :func:`figure` leaves with
     `colorbars=True`, drawn as artists of `ax` (:mod:`pico_analyze.colour_bar`: an Axes per
     bar was ~45% of a heatmap figure's drawing), with few ticks."""

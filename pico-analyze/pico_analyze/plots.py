@@ -110,7 +110,7 @@ def _heatmap_axes(rows: list[Row], opts: FiguresConfig) -> tuple[list[float], li
     return sorted({fs.x_of(r, opts) for r in rows}), sorted({r.layer for r in rows})
 
 
-def _heatmap(fig, ax, rows: list[Row], opts: FiguresConfig, label: str, outer=(True, True)) -> None:
+def _heatmap(ax, rows: list[Row], opts: FiguresConfig, label: str, outer=(True, True)) -> None:
     """Layer x checkpoint grid (columns are checkpoints in order, labelled by step/tokens).
     `outer` (bottom, left): whether this panel carries the x and y ticks and labels (False
     where the panel below or to the left has the same axes and carries them)."""
@@ -146,16 +146,16 @@ def _heatmap(fig, ax, rows: list[Row], opts: FiguresConfig, label: str, outer=(T
         ax.set_ylabel("layer", fontsize=8)
     else:
         ax.set_yticks([])
-    fs.colorbar(fig, image, ax, label, log)
+    fs.colorbar(image, ax, label, log)
 
 
-def _heatmap_panels(fig, axes, panels: list[list[Row]], opts: FiguresConfig, label: str) -> None:
+def _heatmap_panels(axes, panels: list[list[Row]], opts: FiguresConfig, label: str) -> None:
     """A heatmap per panel; when every panel has the same checkpoints and layers, only the
     bottom panel of each column and the first of each row carry ticks and axis labels."""
     shared = len({repr(_heatmap_axes(p, opts)) for p in panels}) == 1
     for i, (ax, prows) in enumerate(zip(axes, panels)):
         where = fs.outer(i, len(panels)) if shared else (True, True)
-        _heatmap(fig, ax, prows, opts, label, where)
+        _heatmap(ax, prows, opts, label, where)
 
 
 def _metric_figures(folder, label, lrows, opts, run_name: str | None) -> list[Path]:
@@ -167,10 +167,10 @@ def _metric_figures(folder, label, lrows, opts, run_name: str | None) -> list[Pa
     heat = [len({r.layer for r in g}) >= fs.HEATMAP_FROM_LAYERS for g in groups]
     fig, axes = fs.figure(len(groups), colorbars=any(heat))
     if all(heat):
-        _heatmap_panels(fig, axes, groups, opts, name)
+        _heatmap_panels(axes, groups, opts, name)
     for ax, grows, is_heat in zip(axes, groups, heat):
         if is_heat and not all(heat):
-            _heatmap(fig, ax, grows, opts, name)
+            _heatmap(ax, grows, opts, name)
         elif not is_heat:
             if any(heat):  # a figure made for heatmaps: style this panel of lines
                 fs.line_panel(ax)
@@ -311,7 +311,7 @@ def _cross_figure(folder, label, lrows, pairs, opts) -> list[Path]:
         panels = [(g, run) for g in groups for run in others]
         fig, axes = fs.figure(len(panels), colorbars=True)
         prows = [[r for r in groups[group] if r.run == run] for group, run in panels]
-        _heatmap_panels(fig, axes, prows, opts, name)
+        _heatmap_panels(axes, prows, opts, name)
         for ax, (group, run) in zip(axes, panels):
             title = f"run {run}: {fs.panel_title(groups[group][0])}"
             ax.set_title(title, fontsize=8, y=1.0, pad=4)

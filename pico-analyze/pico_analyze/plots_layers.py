@@ -102,7 +102,7 @@ def _module_figure(module: str, panels, folder: Path, opts: FiguresConfig) -> li
                     )
                 elif weak:
                     ax.plot(j, i, ".", color="cyan", ms=3)
-        fs.colorbar(fig, image, ax, f"linear CKA {debiased}", False)
+        fs.colorbar(image, ax, f"linear CKA {debiased}", False)
     split = panels[0][1][0].split
     fig.suptitle(f"Layer x layer CKA, {module} activations ({split} batch)", fontsize=9)
     fig.text(

@@ -296,7 +296,7 @@ def test_heatmap_panels_share_outer_ticks_and_each_has_a_labelled_colour_bar():
 
     panels = [panel(f"m{i}", 10.0**i) for i in range(4)]  # 3 columns: 3 + 1 panels
     fig, axes = fs.figure(len(panels), colorbars=True)
-    plots._heatmap_panels(fig, axes, panels, FiguresConfig(), "Gini index")
+    plots._heatmap_panels(axes, panels, FiguresConfig(), "Gini index")
     ticks = [(len(ax.get_xticks()) > 0, len(ax.get_yticks()) > 0) for ax in axes]
     # panel 0 has panel 3 below it; panels 1 and 2 have none; rows start at panels 0 and 3
     assert ticks == [(False, True), (True, False), (True, False), (True, True)]
@@ -315,7 +315,7 @@ def test_heatmap_panels_share_outer_ticks_and_each_has_a_labelled_colour_bar():
         assert right < (axes[i + 1].bbox.x0 if i % 3 < 2 and i + 1 < 4 else fig.bbox.x1)
     # different checkpoints in one panel: every panel labels its own axes
     fig, axes = fs.figure(2, colorbars=True)
-    plots._heatmap_panels(fig, axes, [panels[0], panels[1][:16]], FiguresConfig(), "Gini index")
+    plots._heatmap_panels(axes, [panels[0], panels[1][:16]], FiguresConfig(), "Gini index")
     assert all(len(ax.get_xticks()) and len(ax.get_yticks()) for ax in axes)
 
 
