@@ -123,15 +123,16 @@ def memory_per_gpu(
 ) -> dict[str, float]:
     """Estimated peak bytes per GPU for DDP and FSDP2 (bf16 compute, fp32 AdamW state).
 
-    States: 16 bytes per parameter (fp32 weight, fp32 gradient, two fp32 Adam moments), all on
-    every GPU under DDP, 1/n_gpus of them under FSDP2 plus the gathered bf16 weights and fp32
-    gradients of the root (embeddings, head) and two blocks in flight. Activations kept for the
+    States: 16 bytes per parameter (fp32 weight, fp32 gradient, two fp32 Adam moments), all on every
+    GPU under DDP (plus its fp32 gradient buckets on more than one GPU), 1/n_gpus of them under
+    FSDP2 plus every bf16 weight (gathered in the forward pass and kept to the backward) and the
+    fp32 gradients of the root (embeddings, head) and two blocks in flight. Activations kept for the
     backward, per token and layer, in bf16: the block input and norm outputs (3d), q/k/v and
-    attention output (d + 2 kv + d), o_proj output (d), the MLP's gate, up, silu and product
-    (4h), and fp32 residuals (4d words); of each of the `recomputed` blocks (activation
-    checkpointing) only its input (fp32), plus one block's worth while it is recomputed. The loss
-    adds about 2 GiB (loss.CHUNK_ELEMENTS fp32 block and its gradient). An estimate: measured
-    peaks are in BENCHMARKS.md.
+    attention output (d + 2 kv + d), o_proj output (d), the MLP's gate, up, silu and product (4h),
+    and fp32 residuals (4d words); of each of the `recomputed` blocks (activation checkpointing)
+    only its input (fp32), plus one block's worth while it is recomputed. The loss adds about 2 GiB
+    (loss.CHUNK_ELEMENTS fp32 block and its gradient). An estimate: measured peaks are in
+    BENCHMARKS.md.
     """
     counts = parameter_counts(shape)
     n = counts["total"]
@@ -152,8 +153,8 @@ def memory_per_gpu(
         kept += 2 * per_token_layer
     activations = tokens * (kept + recomputed * 4 * shape.d_model)
     loss = 2 * 4 * CHUNK_ELEMENTS + 4 * shape.vocab_size * shape.d_model
-    ddp = 16 * n + activations + loss
-    fsdp = 16 * n / n_gpus + 6 * (root + 2 * block) + activations + loss
+    ddp = (16 if n_gpus == 1 else 20) * n + activations + loss
+    fsdp = 16 * n / n_gpus + 2 * n + 4 * (root + 2 * block) + activations + loss
     return {"ddp": float(ddp), "fsdp": float(fsdp)}
 
 
@@ -242,7 +243,10 @@ def parallelize(model: PicoDecoder, config: RunConfig, dist: Dist, bf16: bool) -
         for block in model.model.layers:
             if compiled:
                 block.compile()  # per block, as torchtitan does: names stay unchanged
-            fully_shard(block, mp_policy=policy)
+            # Weights stay gathered from a block's forward to its backward (one all-gather per
+            # micro-batch, not two): 2 bytes a parameter for 1.82x one GPU's speed at 1b on two
+            # H200s instead of 1.78x (BENCHMARKS.md, "Two GPUs").
+            fully_shard(block, mp_policy=policy, reshard_after_forward=False)
         fully_shard(model, mp_policy=policy)
         return Parallel(mode, model, model, compiled)
     ddp = None
@@ -252,6 +256,11 @@ def parallelize(model: PicoDecoder, config: RunConfig, dist: Dist, bf16: bool) -
 
         ids = [dist.device.index] if dist.device.type == "cuda" else None
         ddp = forward = DistributedDataParallel(model, device_ids=ids)
+        if compiled:
+            # One graph, reduced after the backward, instead of Dynamo's graph split at each
+            # gradient bucket (which overlaps the reduction but breaks fusion): medium 1.81x ->
+            # 1.87x and large 1.85x -> 1.92x one H200's speed on two (BENCHMARKS.md, "Two GPUs").
+            torch._dynamo.config.optimize_ddp = False
     if compiled:
         forward = torch.compile(forward, mode="reduce-overhead" if how == "cudagraphs" else None)
     return Parallel(mode, model, forward, compiled, ddp, cuda_graphs=how == "cudagraphs")

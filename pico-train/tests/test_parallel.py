@@ -305,15 +305,16 @@ def test_memory_estimate_orders_and_scales():
     m = load_config(overrides=["preset=1b"]).model
     one = memory_per_gpu(m, 2048, 8, 1, 0)
     four = memory_per_gpu(m, 2048, 8, 4, 0)
-    assert four["ddp"] == one["ddp"]  # DDP replicates everything
-    assert four["fsdp"] < one["fsdp"] and four["fsdp"] < four["ddp"]
-    # What sharding saves: 3/4 of the 16 bytes per parameter, less the gathered root (embedding
-    # and head) and two blocks in bf16 weights + fp32 gradients.
     n, body = 1_457_596_416, parameter_counts(m)["non_embedding"]
+    # DDP replicates everything and adds its gradient buckets (fp32) over several GPUs
+    assert four["ddp"] == one["ddp"] + 4 * n
+    assert four["fsdp"] < one["fsdp"] and four["fsdp"] < four["ddp"]
+    # What sharding saves: 3/4 of the 16 bytes per parameter and the buckets, less every weight
+    # gathered in bf16 and the fp32 gradients of the root (embedding and head) and two blocks.
     block = (body - m.d_model) / m.n_layers
-    gathered = 6 * (n - block * m.n_layers + 2 * block)
+    gathered = 2 * n + 4 * (n - block * m.n_layers + 2 * block)
     assert one["ddp"] > 16 * n
-    assert four["ddp"] - four["fsdp"] == pytest.approx(16 * n * 3 / 4 - gathered)
+    assert four["ddp"] - four["fsdp"] == pytest.approx(16 * n * 3 / 4 + 4 * n - gathered)
     # Recomputing more blocks keeps less; a recomputed block keeps its fp32 input, and when every
     # block is recomputed the last one's recompute is at the peak.
     kept = [memory_per_gpu(m, 2048, 8, 1, k)["ddp"] for k in range(m.n_layers + 1)]
