@@ -181,6 +181,8 @@ def capture_split(model, modules, rows, cfg, dist, autocast, idx, with_activatio
     if with_activations:
         activations = {}
         for name, parts in acts.items():
+            if rows.shape[0] and not parts:
+                raise RuntimeError(f"capture: the forward hook on {name} never ran.")
             width = _width(modules[name], model)
             local = (
                 torch.cat(parts)
@@ -259,6 +261,14 @@ def capture_learning_dynamics(
     batches: split -> this rank's rows (n_r, T+1) of that split's captured batch (see
     `rows_for_capture`). Every rank must call this (it gathers across ranks).
     """
+    # Compiled modules (FSDP2 compiles each block in place) run eagerly here: a graph compiled
+    # before the capture's forward hooks existed would run without them, since Dynamo does not
+    # guard on module hooks, and the capture would silently hold no activations.
+    with torch.compiler.set_stance("force_eager"):
+        _capture_splits(model, cfg, step, batches, dist, tokenizer, ckpt, autocast)
+
+
+def _capture_splits(model, cfg, step, batches, dist, tokenizer, ckpt, autocast):
     modules = select_modules(model, cfg)
     streamed = cfg.positions == "all"
     for split in cfg.splits:

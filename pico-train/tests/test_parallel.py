@@ -110,14 +110,12 @@ def test_one_process_run_resumes_on_two_ranks(reference, tmp_path, parallelism):
 @pytest.mark.slow
 @pytest.mark.parametrize("parallelism", ["ddp", "fsdp"])
 def test_compiled_on_two_ranks_equals_one_eager_process(reference, tmp_path, parallelism):
-    """The GPU defaults (compiled; DDP, or FSDP2 with compiled blocks) on CPU: the same losses
-    and gradient norms as one eager process."""
+    """The GPU defaults (compiled; DDP, or FSDP2 with compiled blocks) on CPU: the same losses,
+    gradient norms and captures as one eager process. (A capture whose forward has the
+    training forward's shape, where a compiled block would skip the capture's hooks, is
+    test_capture's compiled-blocks test.)"""
     run_dir = tmp_path / "compiled"
-    extra = [
-        f"training.parallelism={parallelism}",
-        "training.compile=true",
-        "capture.enabled=false",
-    ]
+    extra = [f"training.parallelism={parallelism}", "training.compile=true"]
     _run(launch_command(2, ["train", *_cli_args(run_dir, *extra)]), timeout=600)
 
     def curve(run):
@@ -127,6 +125,15 @@ def test_compiled_on_two_ranks_equals_one_eager_process(reference, tmp_path, par
     ours = curve(run_dir)
     assert (ours[:, 1] > 0).all()
     torch.testing.assert_close(ours, curve(reference), rtol=1e-5, atol=1e-6)
+    for split in ("train", "eval"):
+        a = CaptureReader(RunPaths(run_dir).checkpoint(4), split)
+        b = CaptureReader(RunPaths(reference).checkpoint(4), split)
+        for kind in ("activations", "gradients"):
+            assert a.modules(kind) == b.modules(kind)
+            for module in b.modules(kind):
+                torch.testing.assert_close(
+                    a.get(kind, module), b.get(kind, module), rtol=1e-4, atol=1e-6
+                )
 
 
 FAULT = """
