@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from pico_train.config import ConfigError
+
 
 @dataclass
 class Dist:
@@ -70,6 +72,16 @@ def setup(device: str | None = None, timeout_s: float = 300.0) -> Dist:
     use_cuda = torch.cuda.is_available() and device != "cpu"
     dev = torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
     if use_cuda:
+        # One GPU per process: every rank of an over-full host refuses before anything is
+        # written (a rank that went on would create the run directory, then wait for the rest).
+        visible = torch.cuda.device_count()
+        per_node = max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), local + 1)
+        if per_node > visible:
+            raise ConfigError(
+                f"torchrun started {per_node} processes on this machine, but it has {visible} "
+                f"GPU(s) visible, one per process: start at most {visible} "
+                f"(--nproc_per_node={visible}), or train on the CPU with --device cpu."
+            )
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(

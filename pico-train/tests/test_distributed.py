@@ -1,7 +1,5 @@
 """torchrun with 2 CPU processes (gloo) equals one process: losses and captured files."""
 
-import os
-
 import pytest
 import torch
 
@@ -9,7 +7,7 @@ from pico_format import CaptureReader, RunPaths, list_checkpoints
 from pico_train.distributed import launch_command
 from pico_train.monitor import read_log
 
-from tiny_runs import TINY, run_process_group
+from tiny_runs import CPU_RANKS_ENV, TINY, run_process_group
 
 SETTINGS = [
     *TINY,
@@ -24,8 +22,7 @@ SETTINGS = [
 def _train(run_dir, nproc):
     args = [a for o in [*SETTINGS, f"run_dir={run_dir}"] for a in ("--set", o)]
     cmd = launch_command(nproc, ["train", *args])
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = run_process_group(cmd, env=env, timeout=300)
+    proc = run_process_group(cmd, env=CPU_RANKS_ENV, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 

@@ -27,7 +27,7 @@ from pico_train.parallelize import (
 )
 from pico_train.train import train
 
-from tiny_runs import TINY, run_process_group
+from tiny_runs import CPU_RANKS_ENV, TINY, run_process_group
 
 # Four steps at a constant lr (so a run stopped at step 2 and resumed equals one of 4 steps),
 # one sequence per micro-batch (FSDP's and DDP's no-sync path), a capture batch of one row: the
@@ -43,7 +43,6 @@ SETTINGS = [
     "capture.batch_size=1",
     "distributed.timeout_s=60",
 ]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 def _losses(run_dir):
@@ -55,7 +54,7 @@ def _cli_args(run_dir, *extra):
 
 
 def _run(cmd, timeout=240):
-    proc = run_process_group(cmd, env=ENV, timeout=timeout)
+    proc = run_process_group(cmd, env=CPU_RANKS_ENV, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 
@@ -63,7 +62,7 @@ def _run(cmd, timeout=240):
 def reference(tmp_path_factory):
     """One process, four uninterrupted steps."""
     run_dir = tmp_path_factory.mktemp("reference") / "run"
-    train(load_config(overrides=[*SETTINGS, f"run_dir={run_dir}"]))
+    train(load_config(overrides=[*SETTINGS, f"run_dir={run_dir}"]), device="cpu")
     return run_dir
 
 
@@ -91,7 +90,7 @@ def test_fsdp_on_two_ranks_equals_one_process_and_resumes_on_one(reference, tmp_
                     a.get(kind, module), b.get(kind, module), rtol=1e-4, atol=1e-6
                 )
     # Resume the 2-process FSDP run in one process: the loss curve continues unchanged.
-    train(load_config(overrides=[*SETTINGS, f"run_dir={run_dir}"]))
+    train(load_config(overrides=[*SETTINGS, f"run_dir={run_dir}"]), device="cpu")
     assert latest_step(run) == 4
     torch.testing.assert_close(_losses(run_dir), _losses(reference), rtol=1e-5, atol=1e-6)
 
@@ -102,7 +101,10 @@ def test_one_process_run_resumes_on_two_ranks(reference, tmp_path, parallelism):
     """With the test above (FSDP writes the one-process checkpoint), fsdp here also covers an
     FSDP run resuming under FSDP: its checkpoint is this one."""
     run_dir = tmp_path / "grow"
-    train(load_config(overrides=[*SETTINGS, f"run_dir={run_dir}", "training.max_steps=2"]))
+    train(
+        load_config(overrides=[*SETTINGS, f"run_dir={run_dir}", "training.max_steps=2"]),
+        device="cpu",
+    )
     _run(launch_command(2, ["train", *_cli_args(run_dir, f"training.parallelism={parallelism}")]))
     torch.testing.assert_close(_losses(run_dir), _losses(reference), rtol=1e-5, atol=1e-6)
 
@@ -180,7 +182,7 @@ def _fault_command(tmp_path, fault, timeout_s):
 def test_a_rank_failing_inside_a_checkpoint_stops_every_rank(tmp_path):
     cmd = _fault_command(tmp_path, "raise", 30)
     began = time.perf_counter()
-    proc = run_process_group(cmd, env=ENV, timeout=240)
+    proc = run_process_group(cmd, env=CPU_RANKS_ENV, timeout=240)
     elapsed = time.perf_counter() - began
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0
@@ -199,7 +201,7 @@ def test_a_rank_hanging_inside_a_checkpoint_times_out_the_others(tmp_path):
     """No rank waits forever: rank 1 never answers, rank 0's collective gives up after
     distributed.timeout_s and stops, and torchrun then stops rank 1."""
     began = time.perf_counter()
-    proc = run_process_group(_fault_command(tmp_path, "hang", 5), env=ENV, timeout=240)
+    proc = run_process_group(_fault_command(tmp_path, "hang", 5), env=CPU_RANKS_ENV, timeout=240)
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "rank 0 stopped: a collective failed" in output, output[-3000:]
@@ -229,7 +231,7 @@ def test_two_torchrun_nodes_equal_one_process(reference, tmp_path):
     agents = [
         subprocess.Popen(
             node,
-            env=ENV,
+            env=CPU_RANKS_ENV,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -253,6 +255,24 @@ def test_two_torchrun_nodes_equal_one_process(reference, tmp_path):
 # ----------------------------------------------------------------------------------------------
 # In one process
 # ----------------------------------------------------------------------------------------------
+
+
+def test_more_ranks_than_gpus_is_a_clear_error(monkeypatch):
+    """torchrun --nproc_per_node=2 on a one-GPU machine: every rank names the problem before
+    anything is written (rank 1 used to die in torch.cuda.set_device with "invalid device
+    ordinal", while rank 0 created the run directory and waited for it)."""
+    from pico_train import distributed
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: pytest.fail("set a device"))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        monkeypatch.setenv("LOCAL_RANK", rank)
+        with pytest.raises(ConfigError, match=r"2 processes on this machine, but it has 1 GPU"):
+            distributed.setup()
 
 
 def test_auto_choices():
@@ -279,7 +299,7 @@ def test_cudagraphs_is_refused_where_it_cannot_run(tmp_path):
     with pytest.raises(ConfigError, match="one process only"):
         compile_mode(config.training, torch.device("cuda"), 2)
     with pytest.raises(ConfigError, match="needs a CUDA device"):
-        train(config)  # on this CPU: refused before the run's files are written
+        train(config, device="cpu")  # refused before the run's files are written
     assert not RunPaths(tmp_path).info.exists()
     with pytest.raises(ConfigError, match="not one of auto, true, false, cudagraphs"):
         load_config(overrides=[*TINY, "training.compile=graphs"])
@@ -300,7 +320,7 @@ def test_kept_gradient_buffers_train_bit_for_bit_like_freed_ones(reference, tmp_
 
     monkeypatch.setattr(loop, "parallelize", with_graph_bookkeeping)
     run_dir = tmp_path / "run"
-    train(load_config(overrides=[*SETTINGS, f"run_dir={run_dir}"]))
+    train(load_config(overrides=[*SETTINGS, f"run_dir={run_dir}"]), device="cpu")
     for key in ("loss", "grad_norm"):
         ours, ref = (
             [r[key] for r in read_log(RunPaths(d).log) if key in r] for d in (run_dir, reference)

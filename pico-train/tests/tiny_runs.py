@@ -38,6 +38,16 @@ TINY = [
 ]
 
 
+# The environment of the multi-process CPU tests (gloo): one thread per process, and no GPU even
+# on a machine that has one, where torchrun's workers would otherwise each take a CUDA device.
+CPU_RANKS_ENV = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "CUDA_VISIBLE_DEVICES": "",
+}
+
+
 def data_config(*extra: str) -> RunConfig:
     """The demo preset with the tiny data settings (for data and tokenizer tests)."""
     return load_config(overrides=[*DATA, *extra])
