@@ -246,6 +246,10 @@ def rows_for_capture(split: str, rows: torch.Tensor, batch_size: int, dist: Dist
     return rows[:batch_size].tensor_split(dist.world_size)[dist.rank]
 
 
+# Compiled modules (FSDP2 compiles each block in place) run eagerly here: a graph compiled before
+# the capture's forward hooks existed would run without them, since Dynamo does not guard on
+# module hooks, and the capture would silently hold no activations.
+@torch.compiler.set_stance("force_eager")
 def capture_learning_dynamics(
     model: nn.Module,
     cfg: CaptureConfig,
@@ -261,14 +265,6 @@ def capture_learning_dynamics(
     batches: split -> this rank's rows (n_r, T+1) of that split's captured batch (see
     `rows_for_capture`). Every rank must call this (it gathers across ranks).
     """
-    # Compiled modules (FSDP2 compiles each block in place) run eagerly here: a graph compiled
-    # before the capture's forward hooks existed would run without them, since Dynamo does not
-    # guard on module hooks, and the capture would silently hold no activations.
-    with torch.compiler.set_stance("force_eager"):
-        _capture_splits(model, cfg, step, batches, dist, tokenizer, ckpt, autocast)
-
-
-def _capture_splits(model, cfg, step, batches, dist, tokenizer, ckpt, autocast):
     modules = select_modules(model, cfg)
     streamed = cfg.positions == "all"
     for split in cfg.splits:
